@@ -1,0 +1,1 @@
+"""Camera-box side: bundles, LiteRT classifiers, frame sources, the inspection pipeline. Never TensorFlow."""

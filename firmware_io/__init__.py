@@ -1,0 +1,1 @@
+"""Hardware and telemetry I/O for the edge: GPIO backends, the reject gate, the MQTT client with its spool."""

@@ -1,0 +1,1 @@
+"""The `qc` command: one entry point for training, export, the edge runtime and telemetry."""

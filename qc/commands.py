@@ -1,0 +1,194 @@
+"""Subcommands of `qc`: each one adds its arguments and runs, importing what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edge.errors import QCError
+
+USER_ERRORS = (QCError, FileExistsError, FileNotFoundError, NotADirectoryError)
+SPECS: list[Spec] = []
+
+
+@dataclass
+class Spec:
+    name: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], object]
+    needs_tf: bool = False
+
+
+def command(name: str, help: str, needs_tf: bool = False):
+    """Register `run` under `name`; its `args` attribute (a function) adds the arguments."""
+
+    def wrap(run):
+        SPECS.append(Spec(name, help, getattr(run, "args", lambda p: None), run, needs_tf))
+        return run
+
+    return wrap
+
+
+def args(fn):
+    def wrap(run):
+        run.args = fn
+        return run
+
+    return wrap
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+
+def _synth_args(p):
+    from training.synth import DEFECTS
+
+    p.add_argument("out", type=Path, help="new folder for the dataset")
+    p.add_argument("--count", type=int, default=1000, help="number of images in all (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical output")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128, minimum 32)")
+    p.add_argument("--classes", nargs="+", default=list(DEFECTS), metavar="CLASS",
+                   help=f"defect classes to make (default all: {' '.join(DEFECTS)})")
+    p.add_argument("--good-fraction", type=float, default=0.5, help="share of defect-free parts (default 0.5)")
+
+
+@command("synth", "make a synthetic dataset of textured surfaces with defects and pixel masks")
+@args(_synth_args)
+def synth(a):
+    from tqdm import tqdm
+
+    from training.synth import SynthConfig, generate
+
+    cfg = SynthConfig(count=a.count, seed=a.seed, size=a.size, classes=a.classes, good_fraction=a.good_fraction)
+    cfg.validate()
+    with tqdm(total=a.count, desc="synth", unit="img") as bar:
+        manifest = generate(a.out, cfg, progress=lambda done, total: bar.update(done - bar.n))
+    return {"out": str(a.out), "counts": manifest["counts"]}
+
+
+def _data_args(p):
+    p.add_argument("data", type=Path, help="dataset folder: DIR/<class>/, DIR/{train,val,test}/<class>/ or MVTec AD")
+    p.add_argument("--seed", type=int, default=0, help="seed of the automatic stratified split")
+    p.add_argument("--skip-bad", action="store_true", help="list unreadable or non-image files and skip them")
+
+
+@command("data", "check a dataset folder and print its summary (images per split and class, sizes)")
+@args(_data_args)
+def data(a):
+    from training.data import scan
+
+    return scan(a.data, seed=a.seed, skip_bad=a.skip_bad).summary()
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise QCError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise QCError(f"{path}: expected a mapping of settings at the top level")
+    return loaded
+
+
+def validated(model_cls, values: dict, source: str):
+    """Validate settings with pydantic; a typo or a bad value is an error naming the key."""
+    from pydantic import ValidationError
+
+    try:
+        return model_cls.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise QCError(f"{source}: {problems}") from exc
+
+
+def _train_args(p):
+    p.add_argument("--data", type=Path, help="dataset folder (see `qc data`)")
+    p.add_argument("--out", type=Path, help="new run folder")
+    p.add_argument("--config", type=Path, help="YAML file of settings; options given here override it")
+    p.add_argument("--arch", choices=["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"])
+    p.add_argument("--alpha", type=float, help="width multiplier (default 0.35)")
+    p.add_argument("--input-size", type=int, help="model input side in pixels (default 128)")
+    p.add_argument("--weights", help="none (default, from scratch) | imagenet | path to a weights file")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
+    p.add_argument("--head-epochs", type=int, help="epochs with a frozen pretrained backbone (default 5)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"])
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--fine-tune-learning-rate", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--no-class-weights", dest="class_weights", action="store_false", default=None,
+                   help="do not weight classes by inverse frequency")
+    p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    p.add_argument("--steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images")
+    p.add_argument("--init-from", type=Path, help="continue from RUN/model.keras (retrain with new labels)")
+    p.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
+
+
+@command("train", "train a MobileNet defect classifier (one line per epoch); writes RUN/model.keras and plots",
+         needs_tf=True)
+@args(_train_args)
+def train(a):
+    from training.train import TrainConfig, train as run_training
+
+    values = _load_yaml(a.config) if a.config else {}
+    skip = {"config", "cmd", "_spec", "no_augment"}
+    values.update({k: v for k, v in vars(a).items() if k not in skip and v is not None})
+    if a.no_augment:
+        values["augment"] = {"rotation": 0, "translation": 0, "flip": False, "zoom": 0, "brightness": 0,
+                             "contrast": 0}
+    for key in ("data", "out"):
+        if key not in values:
+            raise QCError(f"--{key} is required (on the command line or in --config)")
+    record = run_training(validated(TrainConfig, values, str(a.config or "options")))
+    return f"run {record['out']}: {record['epochs_run']} epochs, {record['train_seconds']}s"
+
+
+def _evaluate_args(p):
+    p.add_argument("run", type=Path, help="run folder written by `qc train`")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (the same classes as the run)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to report on")
+    p.add_argument("--target-recall", type=float, default=0.99,
+                   help="defect recall the reject threshold must reach on the validation split (default 0.99)")
+
+
+@command("evaluate", "metrics, a reject threshold for a target defect recall, plots and RUN/eval/report.html",
+         needs_tf=True)
+@args(_evaluate_args)
+def evaluate(a):
+    from training.evaluate import evaluate as run_eval
+
+    if not 0 < a.target_recall <= 1:
+        raise QCError(f"--target-recall must be in (0, 1], got {a.target_recall}")
+    m = run_eval(a.run, a.data, a.split, a.target_recall)
+    t = m["threshold"]
+    return (f"{a.split}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, binary F1 "
+            f"{m['binary_argmax']['f1']:.4f}, ROC AUC {m['roc_auc']:.4f}\n"
+            f"threshold {t['value']:.4f} (val recall {t['val']['recall']:.4f}): test recall {t['test']['recall']:.4f}, "
+            f"false rejects {100 * t['test']['false_reject_rate']:.2f}%\n"
+            f"pointing game: {m.get('pointing_game', {}).get('hit_rate', 'n/a')}\n"
+            f"report: {a.run / 'eval' / 'report.html'}")
+
+
+def _explain_args(p):
+    p.add_argument("run", type=Path, help="run folder written by `qc train`")
+    p.add_argument("images", type=Path, nargs="+", help="image files")
+    p.add_argument("--out", type=Path, help="folder for the overlays (default RUN/explain)")
+
+
+@command("explain", "write class-activation heatmap overlays: where the model sees a defect", needs_tf=True)
+@args(_explain_args)
+def explain(a):
+    from training.evaluate import explain as run_explain
+
+    return "\n".join(str(p) for p in run_explain(a.run, a.images, a.out or a.run / "explain"))

@@ -1,0 +1,35 @@
+"""Shared fixtures: small synthetic datasets made once per session, in pytest's temporary folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.synth import SynthConfig, generate
+
+
+@pytest.fixture(scope="session")
+def synth32(tmp_path_factory):
+    """A tiny 32x32 synthetic dataset (split layout, with masks)."""
+    out = tmp_path_factory.mktemp("synth32") / "data"
+    generate(out, SynthConfig(count=120, seed=3, size=32))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth64(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth64") / "data"
+    generate(out, SynthConfig(count=160, seed=5, size=64))
+    return out
+
+
+TINY = dict(input_size=32, alpha=0.35, epochs=2, steps_per_epoch=2, batch_size=16, seed=11, patience=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth32, tmp_path_factory):
+    """A MobileNetV2 trained for a few steps on 32x32 images: enough to test the plumbing."""
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(TrainConfig(data=synth32, out=out, **TINY))
+    return out

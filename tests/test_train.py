@@ -1,0 +1,136 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from edge.errors import QCError
+from qc.cli import main
+from training import model as models
+from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
+from training.train import TrainConfig, _class_weights, _optimizer, train
+
+from .conftest import TINY
+
+
+def test_run_folder_has_model_history_curves_and_config(tiny_run, synth32):
+    assert (tiny_run / "model.keras").is_file() and (tiny_run / "training-curves.png").stat().st_size > 1000
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert len(history["loss"]) == 2 and len(history["val_defect_recall"]) == 2
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    from training.data import scan
+
+    assert cfg["dataset"]["manifest_sha256"] == scan(synth32, seed=cfg["seed"]).manifest_sha256
+    assert cfg["classes"][0] == "good" and cfg["arch"] == "mobilenet_v2" and cfg["augment"]["flip"] is True
+
+
+def test_same_seed_repeats_the_run(tiny_run, synth32, tmp_path):
+    again = train(TrainConfig(data=synth32, out=tmp_path / "again", **TINY))
+    first = json.loads((tiny_run / "history.json").read_text())
+    second = json.loads((tmp_path / "again" / "history.json").read_text())
+    assert again["epochs_run"] == 2
+    np.testing.assert_allclose(first["loss"], second["loss"], rtol=1e-5)
+
+
+def test_init_from_continues_and_checks_classes(tiny_run, synth32, tmp_path):
+    rec = train(TrainConfig(data=synth32, out=tmp_path / "more", init_from=tiny_run, **(TINY | {"epochs": 1})))
+    assert rec["init_from"] == str(tiny_run)
+    from training.synth import SynthConfig, generate
+
+    other = tmp_path / "other"
+    generate(other, SynthConfig(count=40, seed=1, size=32, classes=["spot"]))
+    with pytest.raises(QCError, match=r"trained on classes \['good', 'crack', 'scratch', 'spot', 'stain'\].*\['good', 'spot'\]"):
+        train(TrainConfig(data=other, out=tmp_path / "bad", init_from=tiny_run, **TINY))
+
+
+def test_config_file_typo_names_the_key(tmp_path, capsys, synth32):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"data: {synth32}\nout: {tmp_path / 'r'}\nlearning_rat: 0.1\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "learning_rat" in err and "Extra inputs are not permitted" in err
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    a = models.build("mobilenet_v2", 3, 32, 0.35)
+    path = tmp_path / "backbone.weights.h5"
+    a.get_layer("backbone").save_weights(path)
+    b = models.build("mobilenet_v2", 3, 32, 0.35, weights=str(path))
+    for wa, wb in zip(a.get_layer("backbone").weights, b.get_layer("backbone").weights):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+    with pytest.raises(QCError, match="not 'none', 'imagenet' or an existing weights file"):
+        models.build("mobilenet_v2", 3, 32, 0.35, weights=str(tmp_path / "missing.h5"))
+
+
+def test_mobilenet_v3_builds_with_preprocessing_inside():
+    net = models.build("mobilenet_v3_small", 2, 32, 0.75)
+    out = net(np.full((1, 32, 32, 3), 255.0, np.float32))
+    assert out.shape == (1, 2) and abs(float(np.sum(out)) - 1) < 1e-5
+    assert "preprocess" not in {layer.name for layer in net.layers}
+
+
+def test_optimizers_and_class_weights():
+    base = dict(data=".", out=".")
+    assert isinstance(_optimizer(TrainConfig(**base, optimizer="sgd"), 0.1), keras.optimizers.SGD)
+    assert _optimizer(TrainConfig(**base, optimizer="sgd", momentum=0.8), 0.1).momentum == 0.8
+    assert isinstance(_optimizer(TrainConfig(**base, optimizer="rmsprop"), 0.1), keras.optimizers.RMSprop)
+    w = _class_weights(np.array([0, 0, 0, 1]), 2)
+    assert w[1] == 3 * w[0]
+
+
+def test_cam_model_matches_the_classifier(tiny_run):
+    net = models.load(tiny_run)
+    cam_net = models.with_cam(net)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    probs, cam = cam_net.predict(x, verbose=0)
+    np.testing.assert_allclose(probs, net.predict(x, verbose=0), atol=1e-5)
+    assert cam.shape[-1] == probs.shape[-1]
+    np.testing.assert_allclose(cam.sum(-1), 1, atol=1e-5)
+
+
+def test_threshold_is_the_highest_that_reaches_target_recall():
+    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.05, 0.3, 0.01])
+    is_defect = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    assert choose_threshold(scores, is_defect, 1.0) == 0.2
+    assert choose_threshold(scores, is_defect, 0.75) == 0.7
+    rep = binary_report(scores, is_defect, 0.2)
+    assert rep["recall"] == 1.0 and rep["false_reject_rate"] == 0.25 and rep["escape_rate"] == 0.0
+
+
+def test_pointing_game_counts_peaks_inside_masks():
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, 0, 0] = 1  # peak top-left
+    maps[1, 3, 3] = 1  # peak bottom-right
+    masks = np.zeros((2, 16, 16), bool)
+    masks[:, :4, :4] = True  # both defects top-left
+    assert pointing_game(maps, masks, tolerance_px=0) == 0.5
+
+
+def test_evaluate_writes_metrics_plots_and_report(tiny_run, synth32):
+    m = evaluate(tiny_run, synth32, target_recall=0.9)
+    out = tiny_run / "eval"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["threshold"]["value"] == m["threshold"]["value"]
+    assert saved["threshold"]["val"]["recall"] >= 0.9  # by construction, on the split it was chosen on
+    assert len(saved["confusion_matrix"]) == 5 and set(saved["per_class"]) == set(saved["classes"])
+    assert 0 <= saved["roc_auc"] <= 1 and 0 <= saved["pointing_game"]["hit_rate"] <= 1
+    for png in ("confusion.png", "roc.png", "pr.png", "scores.png"):
+        assert (out / png).stat().st_size > 1000
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5
+    assert "Reject when defect score" in page
+
+
+def test_evaluate_refuses_other_classes(tiny_run, tmp_path):
+    from training.synth import SynthConfig, generate
+
+    generate(tmp_path / "d", SynthConfig(count=40, seed=1, size=32, classes=["spot", "stain"]))
+    with pytest.raises(QCError, match=r"trained on classes .*crack.*but .* has classes \['good', 'spot', 'stain'\]"):
+        evaluate(tiny_run, tmp_path / "d")
+
+
+def test_explain_writes_overlays(tiny_run, synth32, tmp_path):
+    imgs = sorted((synth32 / "test" / "spot").glob("*.png"))[:2]
+    out = explain(tiny_run, imgs, tmp_path / "x")
+    assert [p.name for p in out] == [f"{i.stem}_cam.png" for i in imgs]
+    assert all(p.stat().st_size > 1000 for p in out)

@@ -1,0 +1,201 @@
+"""`qc evaluate` and `qc explain`: honest metrics on held-out data, a reject threshold for a target
+defect recall, class activation maps, plots and a self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn import metrics as skm
+
+from edge.errors import QCError
+from edge.localize import defect_map, peak
+from edge.preprocess import resize, to_rgb
+from training import data, model as models, plots
+
+__all__ = ["binary_report", "choose_threshold", "evaluate", "explain", "overlay", "pointing_game"]
+
+
+def choose_threshold(scores: np.ndarray, is_defect: np.ndarray, target_recall: float) -> float:
+    """The highest threshold t (reject when score >= t) whose defect recall reaches the target."""
+    defect_scores = np.sort(scores[is_defect])[::-1]
+    if len(defect_scores) == 0:
+        raise QCError("no defective parts in the split: cannot choose a threshold")
+    k = max(1, math.ceil(target_recall * len(defect_scores)))
+    return float(defect_scores[k - 1])
+
+
+def binary_report(scores: np.ndarray, is_defect: np.ndarray, threshold: float) -> dict:
+    rejected = scores >= threshold
+    p, r, f1, _ = skm.precision_recall_fscore_support(is_defect, rejected, average="binary", zero_division=0)
+    return {
+        "threshold": float(threshold),
+        "accuracy": float(skm.accuracy_score(is_defect, rejected)),
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f1),
+        "false_reject_rate": float(rejected[~is_defect].mean()) if (~is_defect).any() else 0.0,
+        "escape_rate": float((~rejected[is_defect]).mean()) if is_defect.any() else 0.0,
+    }
+
+
+def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance_px: int) -> float:
+    """Share of defect images whose heatmap peak falls inside the (slightly dilated) defect mask."""
+    hits = []
+    kernel = np.ones((2 * tolerance_px + 1,) * 2, np.uint8) if tolerance_px else None
+    for m, mask in zip(maps, masks):
+        if not mask.any():
+            continue  # some real datasets have empty masks for defect images
+        x, y = peak(m, mask.shape)
+        target = cv2.dilate(mask.astype(np.uint8), kernel) if kernel is not None else mask
+        hits.append(bool(target[y, x]))
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """RGB image with a jet heatmap (values 0..1, any resolution) blended over it."""
+    heat = cv2.resize(heat.astype(np.float32), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET)[..., ::-1]
+    return cv2.addWeighted(image, 0.55, colour, 0.45, 0)
+
+
+def _predict(cam_model, x: np.ndarray, batch: int = 64):
+    probs, cams = cam_model.predict(x.astype(np.float32), batch_size=batch, verbose=0)
+    return probs, cams
+
+
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _report_html(m: dict, pngs: dict[str, Path], out: Path) -> None:
+    def table(rows: dict) -> str:
+        return "<table>" + "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{v:.4f}</td></tr>" if isinstance(v, float)
+            else f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()) + "</table>"
+
+    per_class = "".join(
+        f"<tr><th>{html.escape(c)}</th><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+        f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>" for c, v in m["per_class"].items())
+    figures = "".join(f"<figure><img src='{_png_data_uri(p)}'><figcaption>{html.escape(k)}</figcaption></figure>"
+                      for k, p in pngs.items())
+    thr = m["threshold"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation: {html.escape(m['run'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{display:inline-block;margin:8px}}
+img{{max-width:100%}}.big{{font-size:1.3em}}</style></head><body>
+<h1>Evaluation of {html.escape(m['run'])}</h1>
+<p>Dataset {html.escape(m['dataset'])}, split <b>{m['split']}</b>, {m['n']} images, classes {html.escape(', '.join(m['classes']))}.</p>
+<p class="big">Reject when defect score &ge; <b>{thr['value']:.4f}</b>, chosen on the validation split for a defect recall of
+{thr['target_recall']:.3f}. On the test split it catches <b>{100 * thr['test']['recall']:.2f}%</b> of defective parts and
+rejects <b>{100 * thr['test']['false_reject_rate']:.2f}%</b> of good parts.</p>
+<h2>Defect vs good</h2><h3>at the chosen threshold</h3>{table(thr['test'])}
+<h3>at the most likely class (argmax)</h3>{table(m['binary_argmax'])}
+{table({'ROC AUC': m['roc_auc'], 'PR AUC': m['pr_auc'], 'pointing game hit rate': m.get('pointing_game', {}).get('hit_rate', float('nan'))})}
+<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
+<h2>Figures</h2>{figures}</body></html>"""
+    out.write_text(page)
+
+
+def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: float = 0.99,
+             worst: int = 12) -> dict:
+    run = Path(run)
+    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+    net = models.load(run)
+    if cfg is None:
+        raise QCError(f"{run}: no config.json beside model.keras")
+    ds = data.scan(data_dir, seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
+    if ds.classes != cfg["classes"]:
+        raise QCError(f"the model was trained on classes {cfg['classes']}, but {data_dir} has classes {ds.classes}")
+    size = net.input.shape[1]
+    cam_model = models.with_cam(net)
+    x_val, y_val, _ = data.load_arrays(ds, "val", size)
+    x, y, masks = data.load_arrays(ds, split, size, with_masks=True)
+    val_scores = 1.0 - _predict(cam_model, x_val)[0][:, 0]
+    probs, cams = _predict(cam_model, x)
+    scores = 1.0 - probs[:, 0]
+    is_defect = y != 0
+    threshold = choose_threshold(val_scores, y_val != 0, target_recall)
+    out = run / "eval"
+    out.mkdir(exist_ok=True)
+    labels = list(range(len(ds.classes)))
+    pred = probs.argmax(1)
+    cm = skm.confusion_matrix(y, pred, labels=labels)
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    fpr, tpr, _ = skm.roc_curve(is_defect, scores)
+    prec, rec, _ = skm.precision_recall_curve(is_defect, scores)
+    m = {
+        "run": str(run), "dataset": str(data_dir), "split": split, "n": int(len(y)), "classes": ds.classes,
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "macro_f1": float(np.mean(f)),
+        "binary_argmax": binary_report(scores, is_defect, 0.5) | {"threshold": "argmax"},
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, c in enumerate(ds.classes)},
+        "confusion_matrix": cm.tolist(),
+        "roc_auc": float(skm.roc_auc_score(is_defect, scores)),
+        "pr_auc": float(skm.average_precision_score(is_defect, scores)),
+        "threshold": {"value": threshold, "target_recall": target_recall, "chosen_on": "val",
+                      "val": binary_report(val_scores, y_val != 0, threshold),
+                      "test": binary_report(scores, is_defect, threshold)},
+    }
+    # argmax decides "defect" when p(good) is not the largest; report it as such, not as score >= 0.5
+    flagged = pred != 0
+    pa, ra, fa, _ = skm.precision_recall_fscore_support(is_defect, flagged, average="binary", zero_division=0)
+    m["binary_argmax"].update(accuracy=float(skm.accuracy_score(is_defect, flagged)), precision=float(pa),
+                              recall=float(ra), f1=float(fa),
+                              false_reject_rate=float(flagged[~is_defect].mean()) if (~is_defect).any() else 0.0,
+                              escape_rate=float((~flagged[is_defect]).mean()) if is_defect.any() else 0.0)
+    maps = np.stack([defect_map(c, good_index=0) for c in cams])
+    with_mask = is_defect & masks.reshape(len(masks), -1).any(1)
+    if with_mask.any():
+        tol = max(1, round(size / 64))
+        m["pointing_game"] = {"hit_rate": pointing_game(maps[with_mask], masks[with_mask], tol),
+                              "images": int(with_mask.sum()), "tolerance_px": tol, "map_size": list(maps.shape[1:])}
+    pngs = {
+        "confusion matrix": plots.confusion(cm, ds.classes, out / "confusion.png"),
+        "ROC curve": plots.curve(fpr, tpr, "false reject rate", "defect recall", f"ROC (AUC {m['roc_auc']:.3f})",
+                                 out / "roc.png", diagonal=True),
+        "PR curve": plots.curve(rec, prec, "defect recall", "precision", f"PR (AP {m['pr_auc']:.3f})",
+                                out / "pr.png"),
+        "score histogram": plots.score_histogram(scores, is_defect, threshold, out / "scores.png"),
+    }
+    if (run / "training-curves.png").exists():
+        pngs["training curves"] = run / "training-curves.png"
+    # worst mistakes: defects with the lowest scores and good parts with the highest, with their maps
+    wrong = np.where((scores >= threshold) != is_defect)[0]
+    order = wrong[np.argsort(-np.abs(scores[wrong] - threshold))][:worst]
+    if len(order):
+        pngs["worst mistakes"] = plots.gallery(
+            [overlay(x[i], maps[i]) for i in order],
+            [f"{ds.classes[y[i]]} -> {ds.classes[pred[i]]}\nscore {scores[i]:.3f}" for i in order],
+            out / "worst.png")
+    (out / "metrics.json").write_text(json.dumps(m, indent=1))
+    _report_html(m, pngs, out / "report.html")
+    return m
+
+
+def explain(run: Path, images: list[Path], out: Path) -> list[Path]:
+    """Write a heatmap overlay per image: where the model sees a defect."""
+    net = models.load(run)
+    classes = json.loads((Path(run) / "config.json").read_text())["classes"]
+    cam_model = models.with_cam(net)
+    size = net.input.shape[1]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in images:
+        img = resize(to_rgb(data.decode(Path(path).read_bytes(), path)), (size, size), "area")
+        probs, cams = _predict(cam_model, img[None])
+        label = classes[int(probs[0].argmax())]
+        vis = overlay(img, defect_map(cams[0], good_index=0))
+        vis = cv2.resize(vis, (256, 256), interpolation=cv2.INTER_NEAREST)
+        cv2.putText(vis, f"{label} {1 - probs[0, 0]:.2f}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        dst = out / f"{Path(path).stem}_cam.png"
+        cv2.imwrite(str(dst), vis[..., ::-1])
+        written.append(dst)
+    return written

@@ -1,0 +1,92 @@
+"""MobileNet classifiers with preprocessing inside (the edge feeds raw 0..255 pixels) and a CAM twin.
+
+Layer names are part of the contract with evaluation and export: `preprocess` (when the backbone has
+none of its own), `backbone`, `pool`, `dropout`, `head` (linear), `probs` (softmax).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from edge.errors import QCError
+
+__all__ = ["ARCHS", "build", "with_cam", "load"]
+
+ARCHS = {
+    "mobilenet_v2": keras.applications.MobileNetV2,
+    "mobilenet_v3_small": keras.applications.MobileNetV3Small,
+    "mobilenet_v3_large": keras.applications.MobileNetV3Large,
+}
+
+
+def pretrained_weights(weights: str) -> bool:
+    return weights != "none"
+
+
+def _weights_arg(weights: str) -> str | None:
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise QCError(f"--weights {weights}: not 'none', 'imagenet' or an existing weights file")
+    return weights
+
+
+def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: str = "none",
+          dropout: float = 0.2) -> keras.Model:
+    if arch not in ARCHS:
+        raise QCError(f"unknown architecture '{arch}'; choose from {list(ARCHS)}")
+    if input_size < 32:
+        raise QCError(f"--input-size {input_size} is too small; MobileNet needs at least 32")
+    kwargs = dict(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False,
+                  weights=_weights_arg(weights))
+    if arch != "mobilenet_v2":
+        kwargs["include_preprocessing"] = True  # V3 rescales 0..255 itself
+    try:
+        base = ARCHS[arch](**kwargs)
+    except ValueError as exc:  # e.g. no imagenet weights for this alpha / size
+        raise QCError(f"cannot build {arch} alpha={alpha} size={input_size} weights={weights}: {exc}") from exc
+    base.name = "backbone"
+    if not pretrained_weights(weights):
+        # Keras applications use BatchNorm momentum 0.99-0.999, tuned for ImageNet-length runs; from scratch
+        # on a few thousand images the moving statistics would lag for many epochs and make validation noise.
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = 0.9
+    inp = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inp) if arch == "mobilenet_v2" else inp
+    pretrained = pretrained_weights(weights)
+    # keras-io transfer learning: a pretrained backbone keeps BatchNorm in inference mode, also when fine-tuned
+    features = base(x, training=False) if pretrained else base(x)
+    pooled = layers.GlobalAveragePooling2D(name="pool")(features)
+    pooled = layers.Dropout(dropout, name="dropout")(pooled)
+    logits = layers.Dense(num_classes, name="head")(pooled)
+    probs = layers.Softmax(name="probs")(logits)
+    return keras.Model(inp, probs, name=f"{arch}_{alpha}_{input_size}")
+
+
+def with_cam(model: keras.Model) -> keras.Model:
+    """The same weights with a second output: per-location class probabilities (a class activation map).
+
+    The head is linear and the pooling is an average, so the mean of the map's logits equals the logits
+    the classifier sees: the map explains exactly this model's decision.
+    """
+    names = {layer.name for layer in model.layers}
+    inp = keras.Input(model.input.shape[1:], name="image")
+    x = model.get_layer("preprocess")(inp) if "preprocess" in names else inp
+    features = model.get_layer("backbone")(x, training=False)
+    head = model.get_layer("head")
+    probs = layers.Softmax(name="probs")(head(model.get_layer("pool")(features)))
+    cam = layers.Softmax(name="cam")(head(features))
+    return keras.Model(inp, [probs, cam], name=model.name + "_cam")
+
+
+def load(run: Path) -> keras.Model:
+    path = Path(run) / "model.keras"
+    if not path.is_file():
+        raise QCError(f"{run}: no trained model (expected {path}); run `qc train` first")
+    return keras.models.load_model(path)

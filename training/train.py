@@ -1,0 +1,157 @@
+"""`qc train`: fit a MobileNet classifier on a folder dataset, one progress line per epoch.
+
+Writes RUN/model.keras, RUN/history.json, RUN/training-curves.png and RUN/config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.errors import QCError
+from training import data, model as models, plots
+from training.pipeline import AugmentConfig, make_dataset
+
+__all__ = ["TrainConfig", "train"]
+
+
+class TrainConfig(BaseModel):
+    """Every setting of a training run; saved in RUN/config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: Path = Field(description="dataset folder")
+    out: Path = Field(description="run folder to create")
+    arch: Literal["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"] = Field(
+        "mobilenet_v2", description="backbone from Keras applications")
+    alpha: float = Field(0.35, gt=0, le=1.4, description="width multiplier of the backbone")
+    input_size: int = Field(128, ge=32, le=512, description="square model input side in pixels")
+    weights: str = Field("none", description="'none' (from scratch), 'imagenet', or a local weights file")
+    epochs: int = Field(30, ge=1, description="maximum epochs (early stopping may end sooner)")
+    head_epochs: int = Field(5, ge=0, description="with pretrained weights: epochs with the backbone frozen")
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam")
+    learning_rate: float = Field(2e-3, gt=0)
+    fine_tune_learning_rate: float = Field(1e-4, gt=0, description="after unfreezing a pretrained backbone")
+    momentum: float = Field(0.9, ge=0, lt=1, description="for sgd")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled L2 weight decay in the optimizer")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    class_weights: bool = Field(True, description="weight classes by their inverse frequency")
+    patience: int = Field(8, ge=1, description="early stopping patience on val loss (epochs)")
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap batches per epoch (quick runs)")
+    seed: int = Field(0)
+    skip_bad: bool = Field(False, description="skip unreadable images instead of failing")
+    init_from: Path | None = Field(None, description="continue from an earlier run's model")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+def _optimizer(cfg: TrainConfig, lr: float):
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None)
+    if cfg.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(lr, weight_decay=cfg.weight_decay or None)
+    return keras.optimizers.Adam(lr, weight_decay=cfg.weight_decay or None)
+
+
+class EpochLine(keras.callbacks.Callback):
+    """Adds val_defect_recall to the logs and prints one line per epoch."""
+
+    def __init__(self, val_x, val_y, batch_size: int, phase: str):
+        super().__init__()
+        self.val_x, self.val_defect = val_x, val_y != 0
+        self.batch_size, self.phase = batch_size, phase
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        probs = self.model.predict(self.val_x.astype(np.float32), batch_size=self.batch_size, verbose=0)
+        flagged = probs.argmax(1) != 0
+        logs["val_defect_recall"] = float(flagged[self.val_defect].mean()) if self.val_defect.any() else 1.0
+        print(f"{self.phase} epoch {epoch + 1:3d}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+              f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  "
+              f"val_defect_recall {logs['val_defect_recall']:.4f}  {time.monotonic() - self.t0:.1f}s",
+              flush=True)
+
+
+def _class_weights(y: np.ndarray, n: int) -> dict[int, float]:
+    counts = np.bincount(y, minlength=n).astype(float)
+    return {i: float(len(y) / (n * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def _fit(net, cfg, phase, lr, epochs, train_ds, val_ds, val_x, val_y, class_weight, history):
+    net.compile(optimizer=_optimizer(cfg, lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [
+        EpochLine(val_x, val_y, cfg.batch_size, phase),
+        keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, cfg.patience // 3),
+                                          min_lr=lr / 100),
+    ]
+    h = net.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
+                steps_per_epoch=cfg.steps_per_epoch, callbacks=callbacks, verbose=0)
+    for key, values in h.history.items():
+        history.setdefault(key, []).extend(float(v) for v in values)
+    history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
+
+
+def train(cfg: TrainConfig) -> dict:
+    if cfg.out.exists() and any(cfg.out.iterdir()):
+        raise QCError(f"{cfg.out} exists and is not empty; choose a new run folder")
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    ds = data.scan(cfg.data, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    print(ds.summary(), flush=True)
+    x_train, y_train, _ = data.load_arrays(ds, "train", cfg.input_size)
+    x_val, y_val, _ = data.load_arrays(ds, "val", cfg.input_size)
+    if cfg.init_from:
+        net = models.load(cfg.init_from)
+        old = json.loads((Path(cfg.init_from) / "config.json").read_text())["classes"]
+        if old != ds.classes:
+            raise QCError(f"--init-from {cfg.init_from} was trained on classes {old}, "
+                          f"but {cfg.data} has classes {ds.classes}")
+        if net.input.shape[1] != cfg.input_size:
+            raise QCError(f"--init-from model takes {net.input.shape[1]} px, not --input-size {cfg.input_size}")
+    else:
+        net = models.build(cfg.arch, len(ds.classes), cfg.input_size, cfg.alpha, cfg.weights, cfg.dropout)
+    train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, cfg.seed, cfg.augment)
+    if cfg.steps_per_epoch:
+        train_ds = train_ds.repeat()
+    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False)
+    class_weight = _class_weights(y_train, len(ds.classes)) if cfg.class_weights else None
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    history: dict[str, list] = {}
+    t0 = time.monotonic()
+    backbone = net.get_layer("backbone")
+    if cfg.weights != "none" and not cfg.init_from and cfg.head_epochs:
+        backbone.trainable = False
+        _fit(net, cfg, "head", cfg.learning_rate, cfg.head_epochs, train_ds, val_ds, x_val, y_val,
+             class_weight, history)
+        backbone.trainable = True  # unfreeze, recompile (in _fit), fine-tune at a low rate
+        _fit(net, cfg, "fine-tune", cfg.fine_tune_learning_rate, cfg.epochs, train_ds, val_ds, x_val, y_val,
+             class_weight, history)
+    else:
+        lr = cfg.fine_tune_learning_rate if cfg.init_from else cfg.learning_rate
+        _fit(net, cfg, "train", lr, cfg.epochs, train_ds, val_ds, x_val, y_val, class_weight, history)
+    wall = time.monotonic() - t0
+    net.save(cfg.out / "model.keras")
+    (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
+    plots.training_curves(history, cfg.out / "training-curves.png")
+    record = {
+        **json.loads(cfg.model_dump_json()),
+        "classes": ds.classes,
+        "dataset": {"root": str(ds.root), "layout": ds.layout, "counts": ds.counts(),
+                    "manifest_sha256": ds.manifest_sha256},
+        "train_seconds": round(wall, 1),
+        "epochs_run": len(history["loss"]),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+    (cfg.out / "config.json").write_text(json.dumps(record, indent=1))
+    print(f"trained {record['epochs_run']} epochs in {wall:.0f}s -> {cfg.out}", flush=True)
+    return record
