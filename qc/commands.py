@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -192,3 +193,67 @@ def explain(a):
     from training.evaluate import explain as run_explain
 
     return "\n".join(str(p) for p in run_explain(a.run, a.images, a.out or a.run / "explain"))
+
+
+# --- export and bundles ------------------------------------------------------------------------------------
+
+
+def _export_args(p):
+    p.add_argument("run", type=Path, help="run folder (trained, ideally evaluated: the threshold comes from it)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--int8", dest="mode", action="store_const", const="int8",
+                      help="full-integer quantization (default)")
+    mode.add_argument("--float16", dest="mode", action="store_const", const="float16")
+    mode.add_argument("--float32", dest="mode", action="store_const", const="float32")
+    p.add_argument("--io", choices=["uint8", "int8"], default="uint8", help="int8 model input/output type")
+    p.add_argument("--representative", type=int, default=200, help="calibration images from the train split")
+    p.add_argument("--data", type=Path, help="dataset (default: the one the run was trained on)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest allowed loss of binary F1 or recall")
+    p.add_argument("--allow-drop", action="store_true", help="export even when the quantized model loses more")
+    p.add_argument("--edgetpu", action="store_true", help="check Edge TPU ops and run edgetpu_compiler if present")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+
+
+@command("export", "quantize to int8 (with a CAM output), check against float, write a model bundle",
+         needs_tf=True)
+@args(_export_args)
+def export(a):
+    from training.export import export as run_export
+
+    if a.representative < 1:
+        raise QCError("--representative must be at least 1")
+    return run_export(a.run, a.out, a.mode or "int8", a.io, a.representative, a.max_drop, a.allow_drop,
+                      a.edgetpu, a.force, a.data)
+
+
+def _bundle_args(p):
+    p.add_argument("action", choices=["verify", "show"], help="verify: sha256, version, tensors, one inference")
+    p.add_argument("bundle", type=Path)
+
+
+@command("bundle", "verify a model bundle or show its card")
+@args(_bundle_args)
+def bundle(a):
+    import numpy as np
+
+    from edge.bundle import load_bundle
+    from edge.classifiers import make_classifier
+
+    b = load_bundle(a.bundle)
+    if a.action == "show":
+        m = b.meta
+        lines = [f"{m['name']} (format {m['format_version']}, created {m['created']})",
+                 f"model     {b.model_path.name}  sha256 {m['sha256']}",
+                 f"labels    {m['labels']}",
+                 f"input     {m['input']['shape']} {m['input']['dtype']} scale {m['input']['scale']} "
+                 f"zero point {m['input']['zero_point']} {m['input'].get('color')} resize {m['input'].get('resize')}",
+                 f"threshold {m['threshold']['value']:.4f} ({m['threshold'].get('method')})",
+                 f"training  {json.dumps(m['training'])}",
+                 f"metrics   {json.dumps(m['metrics'])}"]
+        return "\n".join(lines)
+    clf = make_classifier(b, "cpu")
+    h, w = b.input_size
+    result = clf.infer(np.full((h, w, 3), 128, np.uint8))
+    return {"bundle": str(a.bundle), "ok": True, "sha256": b.sha256, "labels": b.labels,
+            "gray_frame_scores": [round(float(s), 4) for s in result.scores]}

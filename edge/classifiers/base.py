@@ -1,0 +1,71 @@
+"""The interpreter-backed classifier shared by the CPU and Edge TPU backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.bundle import Bundle, check_tensors
+from edge.errors import QCError
+from edge.quant import dequantize, quantize
+
+
+def import_interpreter():
+    """LiteRT, then tflite_runtime, then TensorFlow's copy only if it is installed anyway."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter, load_delegate
+        except ImportError:
+            try:
+                from tensorflow.lite import Interpreter
+                from tensorflow.lite.experimental import load_delegate
+            except ImportError as exc:
+                raise QCError("no LiteRT interpreter: pip install ai-edge-litert "
+                              "(or tflite-runtime on older boxes)") from exc
+    return Interpreter, load_delegate
+
+
+@dataclass
+class Result:
+    scores: np.ndarray  # float32 per class, sums to about 1
+    cam: np.ndarray | None  # float32 (h, w, classes) per-location probabilities
+
+
+class Classifier:
+    """Runs one frame at a time through a LiteRT interpreter."""
+
+    name = "base"
+
+    def __init__(self, bundle: Bundle, num_threads: int = 2):
+        self.bundle = bundle
+        self.interpreter = self._make_interpreter(num_threads)
+        self.interpreter.allocate_tensors()
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        check_tensors(bundle, inputs, outputs)
+        self._in = inputs[0]
+        by_name = {d["name"]: d for d in outputs}
+        self._out = by_name[bundle.meta["output"]["name"]]
+        cam = bundle.meta.get("cam")
+        self._cam = by_name[cam["name"]] if cam else None
+        self.input_dtype = np.dtype(self._in["dtype"])
+
+    def _make_interpreter(self, num_threads: int):
+        raise NotImplementedError
+
+    def infer(self, rgb: np.ndarray) -> Result:
+        """rgb: uint8 (H, W, 3) at the bundle's input size."""
+        expected = tuple(self._in["shape"][1:])
+        if rgb.shape != expected:
+            raise QCError(f"input of shape {rgb.shape} does not match the model's {expected}")
+        scale, zp = self._in["quantization"]
+        self.interpreter.set_tensor(self._in["index"], quantize(rgb, self.input_dtype, scale or 1.0, zp)[None])
+        self.interpreter.invoke()
+        scores = dequantize(self.interpreter.get_tensor(self._out["index"])[0], *self._out["quantization"])
+        cam = None
+        if self._cam is not None:
+            cam = dequantize(self.interpreter.get_tensor(self._cam["index"])[0], *self._cam["quantization"])
+        return Result(scores, cam)

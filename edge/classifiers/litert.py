@@ -1,0 +1,13 @@
+"""LiteRT on the CPU (XNNPACK), with a set number of threads."""
+
+from __future__ import annotations
+
+from edge.classifiers.base import Classifier, import_interpreter
+
+
+class LiteRTClassifier(Classifier):
+    name = "cpu"
+
+    def _make_interpreter(self, num_threads: int):
+        interpreter_cls, _ = import_interpreter()
+        return interpreter_cls(model_path=str(self.bundle.model_path), num_threads=num_threads)

@@ -1,0 +1,148 @@
+"""Round trip: a tiny model trained for a few steps, exported to int8, loaded by the edge side."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge.bundle import BundleError, load_bundle
+from edge.classifiers import make_classifier
+from edge.errors import QCError
+from edge.quant import dequantize, quantize
+from qc.cli import main
+from training import data, model as models
+from training.export import convert, export, representative_indices
+
+from .test_no_tensorflow import run_without_tf
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export(tiny_run, out, n_representative=32, allow_drop=True)
+    return out
+
+
+def test_bundle_has_every_contract_field(bundle_dir, tiny_run):
+    meta = json.loads((bundle_dir / "model.json").read_text())
+    for key in ("format_version", "name", "created", "labels", "input", "output", "threshold", "metrics",
+                "training", "sha256"):
+        assert key in meta
+    assert meta["input"]["dtype"] == "uint8" and meta["output"]["dtype"] == "uint8"
+    assert meta["input"]["color"] == "rgb" and meta["output"]["kind"] == "softmax"
+    assert meta["labels"] == json.loads((tiny_run / "config.json").read_text())["classes"]
+    assert meta["cam"]["shape"][-1] == len(meta["labels"])
+    assert {"float", "int8", "drop"} <= set(meta["metrics"])
+    assert meta["training"]["data_manifest_sha256"]
+
+
+def test_edge_scores_match_keras_within_quantization_tolerance(bundle_dir, tiny_run, synth32):
+    b = load_bundle(bundle_dir)
+    clf = make_classifier(b)
+    net = models.load(tiny_run)
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    x, _, _ = data.load_arrays(data.scan(synth32, seed=cfg["seed"]), "test", 32)
+    keras_probs = net.predict(x.astype(np.float32), verbose=0)
+    edge_probs = np.stack([clf.infer(img).scores for img in x])
+    # uint8 output has a step of 1/256; a few steps of error through a tiny net are expected
+    assert np.abs(edge_probs - keras_probs).max() < 0.1
+    assert (edge_probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.9
+
+
+def test_edge_side_runs_the_bundle_without_tensorflow(bundle_dir):
+    proc = run_without_tf(
+        """
+        import numpy as np
+        from edge.bundle import load_bundle
+        from edge.classifiers import make_classifier
+        b = load_bundle(sys.argv[1])
+        r = make_classifier(b).infer(np.zeros(b.meta["input"]["shape"][1:], np.uint8))
+        print(float(r.scores.sum()), r.cam.shape)
+        """,
+        str(bundle_dir),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert abs(float(proc.stdout.split()[0]) - 1) < 0.05
+
+
+def test_tampered_and_truncated_models_are_refused(bundle_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_dir, bad)
+    data_ = (bad / "model.tflite").read_bytes()
+    (bad / "model.tflite").write_bytes(data_[: len(data_) // 2])
+    with pytest.raises(BundleError, match="sha256 .* does not match"):
+        load_bundle(bad)
+    assert main(["bundle", "verify", str(bad)]) == 2
+
+
+def test_unknown_format_and_mismatched_tensors_are_named(bundle_dir, tmp_path):
+    b = tmp_path / "v"
+    shutil.copytree(bundle_dir, b)
+    meta = json.loads((b / "model.json").read_text())
+    (b / "model.json").write_text(json.dumps(meta | {"format_version": 99}))
+    with pytest.raises(BundleError, match="format_version 99 is not known"):
+        load_bundle(b)
+    meta["input"]["shape"] = [1, 64, 64, 3]
+    meta["output"]["zero_point"] = 7
+    (b / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"input shape: model.json says \[1, 64, 64, 3\].*output zero_point"):
+        make_classifier(load_bundle(b))
+
+
+def test_verify_and_show(bundle_dir, capsys):
+    assert main(["bundle", "verify", str(bundle_dir)]) == 0
+    assert '"ok": true' in capsys.readouterr().out
+    assert main(["bundle", "show", str(bundle_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "threshold" in out and "sha256" in out
+
+
+def test_existing_bundle_needs_force_and_run_needs_a_model(bundle_dir, tiny_run, tmp_path):
+    with pytest.raises(BundleError, match="already exists; pass --force"):
+        export(tiny_run, bundle_dir)
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(QCError, match="no trained model"):
+        export(tmp_path / "empty_run", tmp_path / "x")
+
+
+def test_representative_set_shape_is_checked(tiny_run):
+    cam = models.with_cam(models.load(tiny_run))
+    with pytest.raises(QCError, match="do not match the model input"):
+        convert(cam, "int8", np.zeros((4, 48, 48, 3), np.uint8))
+
+
+def test_representative_set_is_stratified():
+    y = np.array([0] * 90 + [1] * 8 + [2] * 2)
+    idx = representative_indices(y, 20, seed=0)
+    assert set(y[idx]) == {0, 1, 2} and len(idx) == 20
+
+
+def test_max_drop_refuses_and_leaves_nothing(tiny_run, tmp_path):
+    # a negative max drop cannot be met: the export must refuse and leave no bundle behind
+    with pytest.raises(QCError, match="loses too much"):
+        export(tiny_run, tmp_path / "b", n_representative=8, max_drop=-1.0)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
+
+
+def test_float32_export_and_edgetpu_advice(tiny_run, tmp_path):
+    res = export(tiny_run, tmp_path / "f", mode="float32", allow_drop=True, edgetpu=True)
+    assert load_bundle(tmp_path / "f").meta["input"]["dtype"] == "float32"
+    assert any("edgetpu_compiler is not on PATH" in n for n in res["notes"])
+    assert res["metrics"]["max_score_diff"] < 1e-4  # float32 LiteRT equals Keras
+
+
+def test_quantization_math():
+    x = np.array([0, 128, 255], np.uint8)
+    assert quantize(x, np.uint8, 1.0, 0) is x
+    q = quantize(x, np.int8, 1.0, -128)
+    assert q.tolist() == [-128, 0, 127]
+    assert dequantize(np.array([0, 128, 255], np.uint8), 1 / 256, 0).tolist() == [0, 0.5, 255 / 256]
+    assert dequantize(np.array([-128, 127], np.int8), 0.5, -128).tolist() == [0.0, 127.5]
+
+
+def test_export_cli_help_names_modes():
+    proc = subprocess.run([sys.executable, "-m", "qc", "export", "--help"], capture_output=True, text=True)
+    assert "--float16" in proc.stdout and "--edgetpu" in proc.stdout

@@ -1,0 +1,173 @@
+"""`qc export`: full-integer post-training quantization to a LiteRT model with a CAM output, checked
+against the float model on the test split, written as a bundle (model.tflite + model.json)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from edge.bundle import Bundle, BundleError, load_bundle, write_bundle
+from edge.classifiers import make_classifier
+from edge.classifiers.base import import_interpreter
+from edge.errors import QCError
+from training import data, model as models
+from training.evaluate import binary_report
+
+__all__ = ["EDGETPU_OPS", "convert", "export", "representative_indices"]
+
+# Ops the Edge TPU compiler maps to the TPU (coral.ai/docs/edgetpu/models-intro, "Supported operations").
+EDGETPU_OPS = {
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "EXP",
+    "FULLY_CONNECTED", "GATHER", "HARD_SWISH", "L2_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM",
+    "MEAN", "MINIMUM", "MUL", "PACK", "PAD", "PRELU", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU",
+    "RELU6", "RELU_N1_TO_1", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE",
+    "SOFTMAX", "SPACE_TO_DEPTH", "SPLIT", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SQUARED_DIFFERENCE",
+    "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
+}
+EDGETPU_SRAM_BYTES = 8 * 1024 * 1024
+
+
+def representative_indices(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """About n indices drawn from every class in proportion, at least one of each."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    alloc = np.maximum(1, (n * counts / len(y)).astype(int))
+    biggest = int(np.argmax(counts))
+    alloc[biggest] = max(1, alloc[biggest] + n - alloc.sum())  # the rounding goes to the largest class
+    alloc = np.minimum(alloc, counts)
+    picks = [rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c, k in zip(classes, alloc)]
+    return np.sort(np.concatenate(picks))
+
+
+def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: str = "uint8") -> bytes:
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    if mode == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        expected = tuple(keras_model.input.shape[1:])
+        if rep_x is None or rep_x.ndim != 4 or tuple(rep_x.shape[1:]) != expected:
+            raise QCError(f"representative images of shape {None if rep_x is None else rep_x.shape[1:]} "
+                          f"do not match the model input {expected}")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in rep_x)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = conv.inference_output_type = {"uint8": tf.uint8, "int8": tf.int8}[io_dtype]
+    return conv.convert()
+
+
+def _tensor_meta(detail: dict, **extra) -> dict:
+    scale, zp = detail["quantization"]
+    return {"name": detail["name"], "shape": [int(v) for v in detail["shape"]],
+            "dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zp), **extra}
+
+
+def _ops(model: bytes) -> list[str]:
+    interpreter_cls, _ = import_interpreter()
+    it = interpreter_cls(model_content=model)
+    return [op["op_name"] for op in it._get_ops_details()]
+
+
+def _edgetpu_check(model: bytes) -> list[str]:
+    notes = []
+    bad = sorted(set(_ops(model)) - EDGETPU_OPS)
+    if bad:
+        notes.append(f"ops the Edge TPU cannot run (they fall back to the CPU): {bad}")
+    if len(model) > EDGETPU_SRAM_BYTES:
+        notes.append(f"the model is {len(model) / 2**20:.1f} MiB, over the Edge TPU's 8 MiB on-chip memory: "
+                     "parameters will stream from the host and inference will be slower")
+    return notes
+
+
+def _run_edgetpu_compiler(staging: Path) -> str:
+    exe = shutil.which("edgetpu_compiler")
+    if exe is None:
+        return ("edgetpu_compiler is not on PATH: install it on an x86-64 Debian/Ubuntu machine from Coral's apt "
+                "repository (package edgetpu-compiler), then run `edgetpu_compiler -o BUNDLE BUNDLE/model.tflite` "
+                "and set model_file to model_edgetpu.tflite, or re-run `qc export --edgetpu`")
+    proc = subprocess.run([exe, "-s", "-o", str(staging), str(staging / "model.tflite")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise QCError(f"edgetpu_compiler failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def _tflite_scores(bundle: Bundle, x: np.ndarray) -> np.ndarray:
+    clf = make_classifier(bundle, "cpu")
+    return np.stack([clf.infer(img).scores for img in x])
+
+
+def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_representative: int = 200,
+           max_drop: float = 0.01, allow_drop: bool = False, edgetpu: bool = False, force: bool = False,
+           data_dir: Path | None = None) -> dict:
+    run, out = Path(run), Path(out)
+    net = models.load(run)
+    cfg = json.loads((run / "config.json").read_text())
+    if out.exists() and any(out.iterdir()) and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it")
+    ds = data.scan(data_dir or cfg["dataset"]["root"], seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
+    if ds.classes != cfg["classes"]:
+        raise QCError(f"the model was trained on classes {cfg['classes']}, but the data has {ds.classes}")
+    size = net.input.shape[1]
+    cam_model = models.with_cam(net)
+    x_train, y_train, _ = data.load_arrays(ds, "train", size)
+    rep = x_train[representative_indices(y_train, n_representative, cfg["seed"])]
+    model = convert(cam_model, mode, rep, io_dtype)
+    evaluation = json.loads((run / "eval" / "metrics.json").read_text()) if (run / "eval" / "metrics.json").exists() else None
+    threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
+                  evaluation["threshold"]["target_recall"], "method": "highest threshold reaching the target defect recall"}
+                 if evaluation else {"value": 0.5, "method": "default: run `qc evaluate` to choose one"})
+    interpreter_cls, _ = import_interpreter()
+    it = interpreter_cls(model_content=model)
+    outs = it.get_output_details()
+    probs_d = next(d for d in outs if len(d["shape"]) == 2)
+    cam_d = next(d for d in outs if len(d["shape"]) == 4)
+    meta = {
+        "name": f"{run.name}-{mode}",
+        "labels": ds.classes,
+        "input": _tensor_meta(it.get_input_details()[0], color="rgb", resize="area",
+                              range="raw 0..255 pixels; normalization is inside the model"),
+        "output": _tensor_meta(probs_d, kind="softmax"),
+        "cam": _tensor_meta(cam_d, kind="softmax-per-location", good_index=0),
+        "threshold": threshold,
+        "quantization": {"mode": mode, "representative_images": len(rep), "io_dtype": io_dtype if mode == "int8" else "float32"},
+        "metrics": {},
+        "training": {k: cfg[k] for k in ("arch", "alpha", "input_size", "weights", "seed", "epochs_run")}
+        | {"data_manifest_sha256": cfg["dataset"]["manifest_sha256"], "run": str(run)},
+    }
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    bundle = write_bundle(staging, model, meta)
+    # float vs quantized on the test split, at the bundle's threshold
+    x_test, y_test, _ = data.load_arrays(ds, "test", size)
+    is_defect = y_test != 0
+    float_scores = 1 - net.predict(x_test.astype(np.float32), verbose=0)[:, 0]
+    lite_scores = 1 - _tflite_scores(bundle, x_test)[:, 0]
+    m_float = binary_report(float_scores, is_defect, threshold["value"])
+    m_lite = binary_report(lite_scores, is_defect, threshold["value"])
+    drop = {k: m_float[k] - m_lite[k] for k in ("f1", "recall")}
+    meta["metrics"] = {"split": "test", "n": int(len(y_test)), "float": m_float, mode: m_lite, "drop": drop,
+                       "max_score_diff": float(np.abs(float_scores - lite_scores).max())}
+    notes = []
+    if edgetpu:
+        notes += _edgetpu_check(model)
+        notes.append(_run_edgetpu_compiler(staging))
+    meta["notes"] = notes
+    compiled = staging / "model_edgetpu.tflite"
+    bundle = write_bundle(staging, compiled.read_bytes() if compiled.exists() else model, meta, force=True,
+                          model_file=compiled.name if compiled.exists() else "model.tflite")
+    if max(drop.values()) > max_drop and not allow_drop:
+        shutil.rmtree(staging)
+        raise QCError(f"{mode} model loses too much: F1 {m_float['f1']:.4f} -> {m_lite['f1']:.4f}, defect recall "
+                      f"{m_float['recall']:.4f} -> {m_lite['recall']:.4f} (max drop {max_drop}); "
+                      "pass --allow-drop to export anyway")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    load_bundle(out)
+    return {"bundle": str(out), "size_bytes": len(model), "metrics": meta["metrics"], "notes": notes}
