@@ -1,0 +1,82 @@
+"""GPIO settings as pydantic models: a typo, a pin used twice, a pin out of range or a pulse that does
+not fit between parts is an error that names the setting."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BCM_PINS = range(0, 28)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GateConfig(_Strict):
+    pins: list[int] = Field([17], min_length=1, description="one output pin per lane (BCM numbers)")
+    active_high: bool = Field(True, description="the level that opens the gate")
+    delay_ms: float | None = Field(300.0, gt=0, description="constant-speed line: capture to firing delay")
+    distance_counts: int | None = Field(None, gt=0, description="variable-speed line: encoder counts to firing")
+    pulse_ms: float = Field(40.0, gt=0, description="how long the gate stays open")
+    min_gap_ms: float = Field(10.0, ge=0, description="minimum closed time between pulses; closer ones merge")
+    part_pitch_ms: float | None = Field(None, gt=0, description="shortest time between parts on the line")
+    late_policy: Literal["fire", "skip"] = Field("fire", description="a decision past its firing time: "
+                                                 "fire at once, or not at all (always counted as late)")
+    max_in_flight: int = Field(1024, ge=1, description="parts waiting per lane before new ones are refused")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.delay_ms is None) == (self.distance_counts is None):
+            raise ValueError("set exactly one of gate.delay_ms (time) or gate.distance_counts (encoder)")
+        if self.part_pitch_ms is not None and self.pulse_ms + self.min_gap_ms > self.part_pitch_ms:
+            raise ValueError(f"gate.pulse_ms {self.pulse_ms} + gate.min_gap_ms {self.min_gap_ms} is longer than "
+                             f"gate.part_pitch_ms {self.part_pitch_ms}: two rejected parts in a row would merge")
+        return self
+
+
+class InputConfig(_Strict):
+    pin: int = Field(description="BCM input pin")
+    pull_up: bool = Field(False, description="internal pull-up (sensor pulls low) instead of pull-down")
+    debounce_ms: float = Field(5.0, ge=0, description="edges closer than this to the last accepted one are ignored")
+
+
+class EncoderConfig(_Strict):
+    pin: int = Field(description="BCM input pin of the encoder's A channel")
+    pull_up: bool = Field(False)
+    counts_per_mm: float = Field(1.0, gt=0, description="to report the belt speed in mm/s")
+    window: int = Field(32, ge=2, description="edges used for the speed estimate")
+
+
+class StackLightConfig(_Strict):
+    green: int | None = Field(None, description="BCM pin: running")
+    amber: int | None = Field(None, description="BCM pin: warning")
+    red: int | None = Field(None, description="BCM pin: fault")
+    horn: int | None = Field(None, description="BCM pin: sounds with red")
+
+
+class GPIOConfig(_Strict):
+    backend: Literal["sim", "rpi"] = Field("sim", description="sim (records every edge) or rpi (RPi.GPIO API)")
+    gate: GateConfig = Field(default_factory=GateConfig)
+    part_sensor: InputConfig | None = Field(None, description="part-present input, for triggered capture")
+    encoder: EncoderConfig | None = Field(None, description="belt encoder, for distance-based firing")
+    stack_light: StackLightConfig = Field(default_factory=StackLightConfig)
+
+    @model_validator(mode="after")
+    def _check_pins(self):
+        named = [(f"gate.pins[{i}]", p) for i, p in enumerate(self.gate.pins)]
+        for key in ("part_sensor", "encoder"):
+            if getattr(self, key) is not None:
+                named.append((f"{key}.pin", getattr(self, key).pin))
+        named += [(f"stack_light.{k}", v) for k, v in self.stack_light.model_dump().items() if v is not None]
+        seen: dict[int, str] = {}
+        for name, pin in named:
+            if pin not in BCM_PINS:
+                raise ValueError(f"{name} = {pin} is not a BCM GPIO pin (0-27)")
+            if pin in seen:
+                raise ValueError(f"{name} and {seen[pin]} both use GPIO {pin}")
+            seen[pin] = name
+        if self.gate.distance_counts is not None and self.encoder is None:
+            raise ValueError("gate.distance_counts needs an encoder: set encoder.pin")
+        return self
