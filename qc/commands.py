@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from edge.errors import QCError
 
@@ -87,29 +87,6 @@ def data(a):
 # --- training ----------------------------------------------------------------------------------------------
 
 
-def _load_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise QCError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise QCError(f"{path}: expected a mapping of settings at the top level")
-    return loaded
-
-
-def validated(model_cls, values: dict, source: str):
-    """Validate settings with pydantic; a typo or a bad value is an error naming the key."""
-    from pydantic import ValidationError
-
-    try:
-        return model_cls.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
-        raise QCError(f"{source}: {problems}") from exc
-
-
 def _train_args(p):
     p.add_argument("--data", type=Path, help="dataset folder (see `qc data`)")
     p.add_argument("--out", type=Path, help="new run folder")
@@ -140,9 +117,11 @@ def _train_args(p):
          needs_tf=True)
 @args(_train_args)
 def train(a):
-    from training.train import TrainConfig, train as run_training
+    from edge.config import load_yaml, validated
+    from training.train import TrainConfig
+    from training.train import train as run_training
 
-    values = _load_yaml(a.config) if a.config else {}
+    values = load_yaml(a.config) if a.config else {}
     skip = {"config", "cmd", "_spec", "no_augment"}
     values.update({k: v for k, v in vars(a).items() if k not in skip and v is not None})
     if a.no_augment:
@@ -257,3 +236,116 @@ def bundle(a):
     result = clf.infer(np.full((h, w, 3), 128, np.uint8))
     return {"bundle": str(a.bundle), "ok": True, "sha256": b.sha256, "labels": b.labels,
             "gray_frame_scores": [round(float(s), 4) for s in result.scores]}
+
+
+# --- edge --------------------------------------------------------------------------------------------------
+
+
+def _run_args(p):
+    p.add_argument("--config", type=Path, help="edge YAML (see deploy/edge.example.yaml)")
+    p.add_argument("--bundle", type=Path, help="model bundle folder (overrides the config)")
+    p.add_argument("--source", help="folder, video file, camera index, /dev/videoN or rtsp:// URL")
+    p.add_argument("--rate", type=float, help="folder/video source: parts per second")
+    p.add_argument("--gpio", choices=["sim", "rpi"], help="GPIO backend")
+    p.add_argument("--mqtt", help="broker URL, e.g. mqtt://127.0.0.1:1883 (turns telemetry on)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--max-parts", type=int, help="stop after this many parts")
+    p.add_argument("--events", type=Path, help="also append every inspection event to this JSONL file")
+
+
+def _source_kind(src: str) -> str:
+    if src.isdigit() or src.startswith("/dev/video"):
+        return "camera"
+    if "://" in src:
+        return "stream"
+    return "folder" if Path(src).is_dir() else "video"
+
+
+def edge_config(a):
+    from edge.config import load_config
+
+    overrides = {}
+    if a.bundle:
+        overrides["bundle"] = str(a.bundle)
+    if a.source:
+        overrides.update({"source.path": a.source, "source.kind": _source_kind(a.source)})
+    if getattr(a, "rate", None):
+        overrides["source.rate_hz"] = a.rate
+    if a.gpio:
+        overrides["gpio.backend"] = a.gpio
+    if a.mqtt:
+        overrides.update({"mqtt.url": a.mqtt, "mqtt.enabled": True})
+    return load_config(a.config, overrides)
+
+
+@command("run", "inspect parts on a camera box: frames -> int8 model -> pass/reject -> gate, MQTT, stats")
+@args(_run_args)
+def run(a):
+    import signal
+
+    from edge.pipeline import Runtime
+    from edge.telemetry import MemoryTelemetry
+
+    cfg = edge_config(a)
+    telemetry = MemoryTelemetry()
+    if cfg.mqtt.enabled:
+        from firmware_io.mqtt.client import MQTTTelemetry
+
+        telemetry = MQTTTelemetry(cfg.mqtt, cfg.line, cfg.station)
+    if a.events:
+        telemetry = JsonlTee(telemetry, a.events)
+    runtime = Runtime(cfg, telemetry)
+    if cfg.mqtt.enabled and cfg.mqtt.commands:
+        telemetry.on_command(runtime.command) if hasattr(telemetry, "on_command") else None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: runtime.stop_event.set())
+    final = runtime.run(duration=a.duration, max_parts=a.max_parts)
+    return final
+
+
+class JsonlTee:
+    """Passes events on and appends each inspection to a JSONL file (for scripts and the demo)."""
+
+    def __init__(self, inner, path: Path):
+        self.inner, self.file = inner, open(path, "a", buffering=1)
+
+    def inspection(self, event):
+        self.file.write(json.dumps(event) + "\n")
+        self.inner.inspection(event)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def close(self):
+        self.inner.close()
+        self.file.close()
+
+
+def _config_args(p):
+    p.add_argument("action", choices=["check"], help="check: validate without running")
+    p.add_argument("file", type=Path, help="edge YAML file")
+
+
+@command("config", "validate an edge config file; a typo or bad value names the key")
+@args(_config_args)
+def config(a):
+    from edge.config import load_config
+
+    cfg = load_config(a.file)
+    return f"{a.file}: ok (bundle {cfg.bundle}, source {cfg.source.kind} {cfg.source.path!r}, gpio {cfg.gpio.backend})"
+
+
+def _review_args(p):
+    p.add_argument("store", type=Path, help="reject store folder (store.dir of the edge config)")
+    p.add_argument("--into", type=Path, required=True, help="dataset folder to file the frames into")
+    p.add_argument("--label", help="class for every frame")
+    p.add_argument("--labels", type=Path, help='JSON {"<frame id>": "<class>"} for frame-by-frame labels')
+    p.add_argument("--split", default="train", help="split folder to use when the dataset has splits")
+
+
+@command("review", "file stored reject frames into a dataset's class folders, for `qc train --init-from`")
+@args(_review_args)
+def review(a):
+    from edge.store import review as run_review
+
+    return run_review(a.store, a.into, a.label, a.labels, a.split)

@@ -33,3 +33,13 @@ def tiny_run(synth32, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     train(TrainConfig(data=synth32, out=out, **TINY))
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_run, tmp_path_factory):
+    """The tiny run exported to an int8 bundle."""
+    from training.export import export
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export(tiny_run, out, n_representative=32, allow_drop=True)
+    return out

@@ -13,17 +13,11 @@ from edge.classifiers import make_classifier
 from edge.errors import QCError
 from edge.quant import dequantize, quantize
 from qc.cli import main
-from training import data, model as models
+from training import data
+from training import model as models
 from training.export import convert, export, representative_indices
 
 from .test_no_tensorflow import run_without_tf
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    export(tiny_run, out, n_representative=32, allow_drop=True)
-    return out
 
 
 def test_bundle_has_every_contract_field(bundle_dir, tiny_run):

@@ -16,7 +16,8 @@ from sklearn import metrics as skm
 from edge.errors import QCError
 from edge.localize import defect_map, peak
 from edge.preprocess import resize, to_rgb
-from training import data, model as models, plots
+from training import data, plots
+from training import model as models
 
 __all__ = ["binary_report", "choose_threshold", "evaluate", "explain", "overlay", "pointing_game"]
 

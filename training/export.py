@@ -15,7 +15,8 @@ from edge.bundle import Bundle, BundleError, load_bundle, write_bundle
 from edge.classifiers import make_classifier
 from edge.classifiers.base import import_interpreter
 from edge.errors import QCError
-from training import data, model as models
+from training import data
+from training import model as models
 from training.evaluate import binary_report
 
 __all__ = ["EDGETPU_OPS", "convert", "export", "representative_indices"]

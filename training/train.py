@@ -16,7 +16,8 @@ import tensorflow as tf
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.errors import QCError
-from training import data, model as models, plots
+from training import data, plots
+from training import model as models
 from training.pipeline import AugmentConfig, make_dataset
 
 __all__ = ["TrainConfig", "train"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 EdgeCallback = Callable[[int, int, float], None]  # (pin, level, monotonic time)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from edge.errors import QCError
 from firmware_io.gpio.base import GPIOBackend

@@ -1,0 +1,124 @@
+"""The edge runtime's configuration: one YAML file, validated with pydantic (`extra="forbid"`).
+
+Loading YAML is separate from validating; a typo names the key. `deploy/edge.example.yaml` shows all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.errors import QCError
+from firmware_io.gpio.config import GPIOConfig
+from firmware_io.mqtt.config import MQTTConfig
+
+__all__ = ["EdgeConfig", "load_config", "load_yaml", "validate_config", "validated"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifierConfig(_Strict):
+    backend: Literal["auto", "cpu", "edgetpu"] = Field("auto", description="auto: Edge TPU for _edgetpu models")
+    num_threads: int = Field(2, ge=1, le=16, description="LiteRT CPU threads (XNNPACK)")
+
+
+class SourceConfig(_Strict):
+    kind: Literal["folder", "video", "camera", "stream"] = Field("folder", description="where frames come from")
+    path: str = Field("", description="folder or video file, camera index or /dev/videoN, rtsp:// or http:// URL")
+    loop: bool = Field(False, description="folder/video: start again at the end")
+    rate_hz: float | None = Field(None, gt=0, description="folder/video: parts per second (None: as fast as possible)")
+    width: int | None = Field(None, gt=0, description="camera: requested frame width")
+    height: int | None = Field(None, gt=0, description="camera: requested frame height")
+    fps: float | None = Field(None, gt=0, description="camera: requested frame rate")
+    bgr: bool = Field(True, description="frames arrive as OpenCV BGR (folder images are read as BGR too)")
+    reconnect_min_s: float = Field(0.5, gt=0, description="camera/stream: first reconnect wait")
+    reconnect_max_s: float = Field(10.0, gt=0, description="camera/stream: longest reconnect wait")
+
+
+class TriggerConfig(_Strict):
+    mode: Literal["free", "part_sensor", "encoder"] = Field(
+        "free", description="free: each frame is a part; part_sensor: capture on its edge; encoder: every pitch")
+    pitch_counts: int | None = Field(None, gt=0, description="encoder mode: counts between parts")
+
+
+class DecisionConfig(_Strict):
+    threshold: float | None = Field(None, ge=0, le=1, description="override the bundle's reject threshold")
+    class_thresholds: dict[str, float] = Field(default_factory=dict, description="reject when p(class) >= this")
+    on_error: Literal["reject", "pass"] = Field("reject", description="a frame that cannot be inspected: "
+                                                "reject (fail-safe, reason failsafe) or pass (on purpose)")
+    deadline_ms: float = Field(1000.0, gt=0, description="a part not decided this long after capture is a "
+                               "failsafe reject")
+
+
+class PipelineConfig(_Strict):
+    queue_size: int = Field(4, ge=1, le=256, description="frames waiting between stages; more are rejected")
+    roi: tuple[int, int, int, int] | None = Field(None, description="region of interest x, y, w, h in pixels")
+
+
+class StoreConfig(_Strict):
+    dir: Path | None = Field(Path("rejects"), description="where reject frames go (None: keep none)")
+    max_files: int = Field(2000, ge=1, description="frames kept; the oldest are removed first")
+    sample_passes: float = Field(0.0, ge=0, le=1, description="share of passed parts kept too")
+
+
+class EdgeConfig(_Strict):
+    line: str = Field("line1", description="line name, used in topics and ids")
+    station: str = Field("station1", description="station name, used in topics and ids")
+    bundle: Path = Field(description="model bundle folder")
+    reload_watch: bool = Field(True, description="reload when the bundle's files change")
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    stats_interval_s: float = Field(5.0, gt=0, description="console and telemetry stats period")
+    gpio: GPIOConfig = Field(default_factory=GPIOConfig)
+    mqtt: MQTTConfig = Field(default_factory=lambda: MQTTConfig(enabled=False))
+
+
+def validated(model_cls: type[BaseModel], values: dict, source: str):
+    """Validate settings with pydantic; a typo or a bad value is an error naming the key."""
+    try:
+        return model_cls.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise QCError(f"{source}: {problems}") from exc
+
+
+def validate_config(values: dict, source: str = "config") -> EdgeConfig:
+    cfg = validated(EdgeConfig, values, source)
+    if cfg.trigger.mode == "part_sensor" and cfg.gpio.part_sensor is None:
+        raise QCError(f"{source}: trigger.mode part_sensor needs gpio.part_sensor")
+    if cfg.trigger.mode == "encoder" and (cfg.gpio.encoder is None or cfg.trigger.pitch_counts is None):
+        raise QCError(f"{source}: trigger.mode encoder needs gpio.encoder and trigger.pitch_counts")
+    return cfg
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as exc:
+        raise QCError(f"{path}: no such config file") from exc
+    except yaml.YAMLError as exc:
+        raise QCError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise QCError(f"{path}: expected a mapping of settings at the top level")
+    return loaded
+
+
+def load_config(path: Path | None, overrides: dict | None = None) -> EdgeConfig:
+    """YAML file (optional) + dotted overrides from the command line, then validation."""
+    values = load_yaml(path) if path else {}
+    for dotted, value in (overrides or {}).items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate_config(values, str(path or "options"))

@@ -1,0 +1,126 @@
+"""Frame sources: a folder of images, a video file or stream, a camera (OpenCV).
+
+Each frame carries its capture time on the monotonic clock. A frame that cannot be decoded comes through
+with `image=None` and the reason, so the pipeline rejects that part fail-safe instead of losing it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.config import SourceConfig
+from edge.errors import QCError
+
+__all__ = ["Frame", "FolderSource", "VideoSource", "make_source"]
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class Frame:
+    seq: int
+    stamp: float  # monotonic capture time (s)
+    image: np.ndarray | None  # None: could not be decoded
+    origin: str = ""
+    error: str | None = None
+    wall: float = field(default_factory=time.time)
+
+
+class _Paced:
+    """Sleeps to absolute times so a set part rate does not drift."""
+
+    def __init__(self, rate_hz: float | None):
+        self.period = 1 / rate_hz if rate_hz else 0.0
+        self.next = None
+
+    def wait(self) -> None:
+        if not self.period:
+            return
+        now = time.monotonic()
+        self.next = now if self.next is None else self.next + self.period
+        if self.next > now:
+            time.sleep(self.next - now)
+
+
+class FolderSource:
+    def __init__(self, cfg: SourceConfig):
+        root = Path(cfg.path)
+        if not root.is_dir():
+            raise QCError(f"source.path {cfg.path!r} is not a folder")
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and "masks" not in p.parts)
+        if not self.files:
+            raise QCError(f"source.path {cfg.path!r} holds no images")
+        self.cfg = cfg
+
+    def __iter__(self) -> Iterator[Frame]:
+        pace, seq = _Paced(self.cfg.rate_hz), 0
+        while True:
+            for path in self.files:
+                pace.wait()
+                stamp = time.monotonic()
+                buf = np.fromfile(path, np.uint8)
+                img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+                yield Frame(seq, stamp, img, str(path), None if img is not None else f"cannot decode {path}")
+                seq += 1
+            if not self.cfg.loop:
+                return
+
+
+class VideoSource:
+    """A video file, an RTSP/HTTP stream or a camera; cameras and streams reopen with backoff when lost."""
+
+    def __init__(self, cfg: SourceConfig, on_alarm: Callable[[str, str], None] | None = None):
+        self.cfg = cfg
+        self.on_alarm = on_alarm or (lambda kind, msg: None)
+        self.live = cfg.kind in ("camera", "stream")
+        self.stopped = False
+
+    def _open(self):
+        target: int | str = self.cfg.path
+        if self.cfg.kind == "camera" and str(target).isdigit():
+            target = int(target)
+        cap = cv2.VideoCapture(target)
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width), (cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height),
+                            (cv2.CAP_PROP_FPS, self.cfg.fps)):
+            if value:
+                cap.set(prop, value)
+        return cap
+
+    def __iter__(self) -> Iterator[Frame]:
+        pace = _Paced(None if self.live else self.cfg.rate_hz)
+        seq, backoff = 0, self.cfg.reconnect_min_s
+        cap = self._open()
+        if not cap.isOpened() and not self.live:
+            raise QCError(f"source.path {self.cfg.path!r}: cannot open the video")
+        while not self.stopped:
+            ok, img = cap.read() if cap.isOpened() else (False, None)
+            if ok:
+                backoff = self.cfg.reconnect_min_s
+                pace.wait()
+                yield Frame(seq, time.monotonic(), img, f"{self.cfg.path}#{seq}")
+                seq += 1
+                continue
+            if not self.live:
+                if self.cfg.loop:
+                    cap.release()
+                    cap = self._open()
+                    continue
+                return
+            self.on_alarm("camera_lost", f"{self.cfg.kind} {self.cfg.path!r} gave no frame; reopening in {backoff:.1f}s")
+            cap.release()
+            time.sleep(backoff)
+            backoff = min(self.cfg.reconnect_max_s, backoff * 2)
+            cap = self._open()
+        cap.release()
+
+
+def make_source(cfg: SourceConfig, on_alarm=None):
+    if cfg.kind == "folder":
+        return FolderSource(cfg)
+    return VideoSource(cfg, on_alarm)

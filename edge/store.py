@@ -1,0 +1,79 @@
+"""Reject store: frames kept for review with a JSON sidecar and a copy with the defect box drawn.
+
+Capped in files; the oldest go first. `review` files them into a dataset's class folders for retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import QCError
+
+__all__ = ["RejectStore", "review"]
+
+
+class RejectStore:
+    def __init__(self, root: Path, max_files: int = 2000, sample_passes: float = 0.0, seed: int = 0):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_files, self.sample_passes = max_files, sample_passes
+        self._rng = random.Random(seed)
+        self._kept = sorted(p.stem for p in self.root.glob("*.json"))
+
+    def wants(self, decision: str) -> bool:
+        return decision == "reject" or (self.sample_passes > 0 and self._rng.random() < self.sample_passes)
+
+    def save(self, image: np.ndarray | None, event: dict) -> Path | None:
+        """image: the frame as captured (BGR); event: the inspection event (with `box` when localized)."""
+        stem = f"{event['seq']:09d}_{event['id']}"
+        if image is not None:
+            cv2.imwrite(str(self.root / f"{stem}.png"), image)
+            if event.get("box"):
+                x, y, w, h = event["box"]
+                boxed = image.copy()
+                cv2.rectangle(boxed, (x, y), (x + w - 1, y + h - 1), (0, 0, 255), max(1, image.shape[1] // 160))
+                cv2.putText(boxed, f"{event['label']} {event['score']:.2f}", (x, max(12, y - 4)),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
+                cv2.imwrite(str(self.root / f"{stem}_box.png"), boxed)
+        sidecar = self.root / f"{stem}.json"
+        sidecar.write_text(json.dumps(event, indent=1))
+        self._kept.append(stem)
+        while len(self._kept) > self.max_files:
+            old = self._kept.pop(0)
+            for suffix in (".png", "_box.png", ".json"):
+                (self.root / f"{old}{suffix}").unlink(missing_ok=True)
+        return sidecar
+
+
+def review(store: Path, into: Path, label: str | None = None, labels_file: Path | None = None,
+           split: str = "train") -> dict[str, int]:
+    """Copy stored frames into DATASET/<class>/ (or DATASET/<split>/<class>/ for a split dataset).
+
+    Labels come in bulk (`label`) or per frame from a JSON file {"<stem or id>": "<class>"}; frames
+    without a label are left where they are."""
+    store, into = Path(store), Path(into)
+    per_file = json.loads(Path(labels_file).read_text()) if labels_file else {}
+    if not label and not per_file:
+        raise QCError("give --label CLASS for all frames, or --labels FILE.json mapping frame ids to classes")
+    if not into.is_dir():
+        raise QCError(f"{into}: dataset folder does not exist")
+    base = into / split if (into / split).is_dir() else into
+    filed: dict[str, int] = {}
+    for sidecar in sorted(store.glob("*.json")):
+        event = json.loads(sidecar.read_text())
+        cls = per_file.get(sidecar.stem) or per_file.get(event.get("id", "")) or label
+        image = sidecar.with_suffix(".png")
+        if not cls or not image.exists():
+            continue
+        if cls in ("masks", "ground_truth") or "/" in cls:
+            raise QCError(f"'{cls}' cannot be a class name")
+        (base / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(image, base / cls / f"review_{image.name}")
+        filed[cls] = filed.get(cls, 0) + 1
+    return filed

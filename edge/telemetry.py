@@ -1,0 +1,38 @@
+"""What the runtime hands its events to. MQTT implements it (firmware_io.mqtt); MemoryTelemetry keeps them
+in lists for tests and for runs without a broker."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+__all__ = ["Telemetry", "MemoryTelemetry"]
+
+
+class Telemetry(Protocol):
+    def inspection(self, event: dict) -> None: ...
+    def stats(self, snapshot: dict) -> None: ...
+    def alarm(self, kind: str, message: str, **extra) -> None: ...
+    def close(self) -> None: ...
+
+
+class MemoryTelemetry:
+    def __init__(self):
+        self.inspections: list[dict] = []
+        self.stats_: list[dict] = []
+        self.alarms: list[dict] = []
+        self._lock = threading.Lock()
+
+    def inspection(self, event: dict) -> None:
+        with self._lock:
+            self.inspections.append(event)
+
+    def stats(self, snapshot: dict) -> None:
+        self.stats_.append(snapshot)
+
+    def alarm(self, kind: str, message: str, **extra) -> None:
+        with self._lock:
+            self.alarms.append({"kind": kind, "message": message, **extra})
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,63 @@
+"""MQTT settings; the password comes from an environment variable, never from the file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class MQTTConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="publish telemetry at all")
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://[user@]host:port or mqtts://... for TLS")
+    password_env: str = Field("QC_MQTT_PASSWORD", description="environment variable holding the password")
+    client_id: str | None = Field(None, description="unique per station; default qc-<line>-<station>")
+    prefix: str | None = Field(None, description="topic prefix; default qc/<line>/<station>")
+    ca_file: Path | None = Field(None, description="CA certificate for mqtts")
+    cert_file: Path | None = Field(None, description="client certificate (optional)")
+    key_file: Path | None = Field(None, description="client key (optional)")
+    keepalive_s: int = Field(30, ge=5)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    stats_interval_s: float = Field(10.0, gt=0, description="how often retained stats are published")
+    spool_path: Path = Field(Path("spool.sqlite"), description="on-disk spool (SQLite, WAL)")
+    spool_max_events: int = Field(100_000, ge=10, description="spool capacity; an alarm is raised at 80 %")
+    when_full: Literal["drop_stats_then_refuse", "drop_oldest"] = Field(
+        "drop_stats_then_refuse", description="full spool: drop stats first and then refuse new events (the "
+        "runtime alarms), or drop the oldest events of any kind")
+    commands: bool = Field(True, description="accept commands on <prefix>/cmd/<name>")
+    max_command_bytes: int = Field(4096, ge=64)
+    threshold_limits: tuple[float, float] = Field((0.01, 0.99), description="allowed range for cmd/threshold")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"'{v}' is not mqtt://host:port or mqtts://host:port")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def username(self) -> str | None:
+        return urlsplit(self.url).username
+
+    @property
+    def password(self) -> str | None:
+        return urlsplit(self.url).password or os.environ.get(self.password_env)

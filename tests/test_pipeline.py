@@ -1,0 +1,226 @@
+"""The edge runtime with a tiny bundle on the simulated GPIO: one decision per part, fail-safe paths."""
+
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge.config import load_config, validate_config
+from edge.errors import QCError
+from edge.pipeline import Runtime
+from edge.store import review
+from edge.telemetry import MemoryTelemetry
+
+
+def make_runtime(bundle_dir, source_dir, tmp_path, **over):
+    values = {"bundle": str(bundle_dir), "source": {"kind": "folder", "path": str(source_dir)},
+              "store": {"dir": str(tmp_path / "rejects")}, "stats_interval_s": 0.2,
+              "gpio": {"gate": {"delay_ms": 2000, "pulse_ms": 2, "min_gap_ms": 0}}}
+    for key, value in over.items():
+        node = values
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    tel = MemoryTelemetry()
+    return Runtime(validate_config(values), tel), tel
+
+
+def frames(synth32, tmp_path, n=12):
+    src = tmp_path / "frames"
+    src.mkdir()
+    files = sorted((synth32 / "train").glob("*/*.png"))[:n]
+    assert len(files) == n
+    for i, f in enumerate(files):
+        shutil.copy(f, src / f"{i:03d}.png")
+    return src
+
+
+def check_one_decision_each(tel, n):
+    seqs = [e["seq"] for e in tel.inspections]
+    assert sorted(seqs) == list(range(n))
+    assert len({e["id"] for e in tel.inspections}) == n
+    for e in tel.inspections:
+        assert e["decision"] in ("pass", "reject") and e["reason"]
+
+
+def test_every_part_gets_exactly_one_decision(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.5, source__rate_hz=100)
+    final = rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 12)
+    assert final["counts"]["parts"] == 12
+    rejects = [e for e in tel.inspections if e["decision"] == "reject"]
+    assert final["counts"]["decision"].get("reject", 0) == len(rejects)
+    # every reject fired the gate once (drained on stop), and was saved for review with its box
+    assert rt.gate.counts["fired"] == len(rejects) and len(rt.gpio.pulses(17)) == len(rejects)
+    assert len(list((tmp_path / "rejects").glob("*.json"))) == len(rejects)
+    for e in rejects:
+        x, y, w, h = e["box"]
+        assert 0 <= x and 0 <= y and x + w <= 32 and y + h <= 32
+    assert tel.stats_ and tel.stats_[-1]["counts"]["parts"] == 12
+    assert all(e["model"]["sha256"] == rt.bundle.sha256 for e in tel.inspections)
+
+
+def test_corrupt_frame_is_a_failsafe_reject(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=4)
+    (src / "002.png").write_bytes(b"\x89PNG garbage")
+    rt, tel = make_runtime(bundle_dir, src, tmp_path)
+    rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 4)
+    bad = next(e for e in tel.inspections if e["source"].endswith("002.png"))
+    assert (bad["decision"], bad["reason"]) == ("reject", "failsafe") and "cannot decode" in bad["error"]
+
+
+class Flaky:
+    """Wraps a classifier: slow, and failing on chosen calls."""
+
+    def __init__(self, inner, delay=0.0, fail_on=()):
+        self.inner, self.delay, self.fail_on, self.calls = inner, delay, set(fail_on), 0
+
+    def infer(self, rgb):
+        self.calls += 1
+        time.sleep(self.delay)
+        if self.calls in self.fail_on:
+            raise RuntimeError("simulated interpreter fault")
+        return self.inner.infer(rgb)
+
+
+def test_model_error_is_a_failsafe_reject_with_an_alarm(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=5)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path)
+    rt.classifier = Flaky(rt.classifier, fail_on={3})
+    rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 5)
+    failed = [e for e in tel.inspections if e["reason"] == "failsafe"]
+    assert len(failed) == 1 and "simulated interpreter fault" in failed[0]["error"]
+    assert [a["kind"] for a in tel.alarms] == ["model_failed"]
+
+
+def test_pass_on_error_when_configured_on_purpose(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=3)
+    (src / "001.png").write_bytes(b"nope")
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__on_error="pass")
+    rt.run(on_stats=lambda line: None)
+    bad = next(e for e in tel.inspections if e["source"].endswith("001.png"))
+    assert (bad["decision"], bad["reason"]) == ("pass", "failsafe")
+
+
+def test_full_queue_and_deadline_give_failsafe_rejects_never_drops(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=30)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, pipeline__queue_size=1, decision__deadline_ms=150)
+    rt.classifier = Flaky(rt.classifier, delay=0.05)
+    final = rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 30)
+    reasons = final["counts"]["reason"]
+    assert reasons.get("overflow", 0) > 0, reasons
+    assert sum(reasons.values()) == 30
+    for e in tel.inspections:
+        if e["reason"] in ("overflow", "failsafe"):
+            assert e["decision"] == "reject"
+
+
+def test_decision_after_the_gate_window_is_late(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=4)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, gpio__gate__delay_ms=1)
+    rt.classifier = Flaky(rt.classifier, delay=0.01)
+    rt.run(on_stats=lambda line: None)
+    assert {e["reason"] for e in tel.inspections} == {"late"}
+    assert len([a for a in tel.alarms if a["kind"] == "late"]) == 4
+    assert rt.gate.counts["late"] == 4 and len(rt.gpio.pulses(17)) == 4  # fired at once (late_policy fire)
+
+
+def test_hot_reload_keeps_the_old_model_when_the_new_one_is_bad(bundle_dir, tmp_path, synth32):
+    rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=1), tmp_path)
+    old = rt.bundle
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_dir, bad)
+    (bad / "model.tflite").write_bytes(b"\0" * 100)
+    res = rt.reload(bad)
+    assert not res["ok"] and "sha256" in res["error"]
+    assert rt.bundle is old and rt._pending is None
+    assert tel.alarms[-1]["kind"] == "reload_failed"
+    good = rt.command("reload", {"path": str(bundle_dir), "sha256": old.sha256})
+    assert good["ok"] and rt._pending is not None
+    assert not rt.command("reload", {"path": str(bundle_dir), "sha256": "0" * 64})["ok"]
+
+
+def test_commands_are_validated(bundle_dir, tmp_path, synth32):
+    src = frames(synth32, tmp_path, n=6)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path)
+    assert rt.command("threshold", {"value": 0.3}) == {"ok": True, "threshold": 0.3}
+    for bad in ({"value": 5}, {"value": "0.3"}, {}, {"value": True}):
+        assert not rt.command("threshold", bad)["ok"]
+    assert rt.threshold == 0.3
+    assert not rt.command("explode", {})["ok"]
+    rt.command("pause", {})
+    rt.run(on_stats=lambda line: None)
+    assert {e["reason"] for e in tel.inspections} == {"paused"}
+    assert {e["decision"] for e in tel.inspections} == {"reject"}
+
+
+def test_part_sensor_triggers_capture(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=20)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, trigger__mode="part_sensor",
+                           gpio__part_sensor={"pin": 4, "debounce_ms": 1})
+
+    def conveyor():
+        for _ in range(5):
+            time.sleep(0.03)
+            rt.gpio.drive(4, 1)
+            time.sleep(0.002)
+            rt.gpio.drive(4, 0)
+        time.sleep(0.3)
+        rt.stop_event.set()
+
+    threading.Thread(target=conveyor).start()
+    rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 5)
+
+
+def test_reject_store_cap_and_review(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=8)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, store__max_files=3,
+                           source__rate_hz=50, pipeline__queue_size=8)  # saved in capture order
+    rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 8)
+    assert {e["reason"] for e in tel.inspections} == {"defect"}
+    kept = sorted((tmp_path / "rejects").glob("*.json"))
+    assert len(kept) == 3
+    assert [json.loads(p.read_text())["seq"] for p in kept] == [5, 6, 7]  # the oldest went first
+    assert len(list((tmp_path / "rejects").glob("*_box.png"))) == 3
+    dataset = tmp_path / "dataset"
+    (dataset / "good").mkdir(parents=True)
+    first = json.loads(kept[0].read_text())["id"]
+    filed = review(tmp_path / "rejects", dataset, label="scratch", labels_file=None)
+    assert filed == {"scratch": 3}
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({first: "good"}))
+    assert review(tmp_path / "rejects", dataset, labels_file=labels) == {"good": 1}
+    with pytest.raises(QCError, match="--label"):
+        review(tmp_path / "rejects", dataset)
+
+
+def test_config_typo_names_the_key(tmp_path, bundle_dir):
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(f"bundle: {bundle_dir}\ndecision:\n  treshold: 0.4\n")
+    with pytest.raises(QCError, match=r"decision.treshold: Extra inputs are not permitted"):
+        load_config(cfg)
+    cfg.write_text(f"bundle: {bundle_dir}\ntrigger:\n  mode: part_sensor\n")
+    with pytest.raises(QCError, match="needs gpio.part_sensor"):
+        load_config(cfg)
+
+
+def test_roi_box_is_in_frame_coordinates(bundle_dir, tmp_path):
+    import cv2
+
+    src = tmp_path / "big"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.random.default_rng(0).integers(0, 255, (120, 160), np.uint8))
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, pipeline__roi=[40, 20, 64, 64])
+    rt.run(on_stats=lambda line: None)
+    x, y, w, h = tel.inspections[0]["box"]
+    assert 40 <= x and 20 <= y and x + w <= 104 and y + h <= 84
