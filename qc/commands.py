@@ -287,16 +287,17 @@ def run(a):
     from edge.telemetry import MemoryTelemetry
 
     cfg = edge_config(a)
+    mqtt = None
     telemetry = MemoryTelemetry()
     if cfg.mqtt.enabled:
         from firmware_io.mqtt.client import MQTTTelemetry
 
-        telemetry = MQTTTelemetry(cfg.mqtt, cfg.line, cfg.station)
+        telemetry = mqtt = MQTTTelemetry(cfg.mqtt, cfg.line, cfg.station)
     if a.events:
         telemetry = JsonlTee(telemetry, a.events)
     runtime = Runtime(cfg, telemetry)
-    if cfg.mqtt.enabled and cfg.mqtt.commands:
-        telemetry.on_command(runtime.command) if hasattr(telemetry, "on_command") else None
+    if mqtt and cfg.mqtt.commands:
+        mqtt.on_command(runtime.command)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.stop_event.set())
     final = runtime.run(duration=a.duration, max_parts=a.max_parts)
@@ -310,8 +311,8 @@ class JsonlTee:
         self.inner, self.file = inner, open(path, "a", buffering=1)
 
     def inspection(self, event):
+        self.inner.inspection(event)  # spooled first: a line in the file is an event that will be delivered
         self.file.write(json.dumps(event) + "\n")
-        self.inner.inspection(event)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -349,3 +350,70 @@ def review(a):
     from edge.store import review as run_review
 
     return run_review(a.store, a.into, a.label, a.labels, a.split)
+
+
+# --- telemetry ---------------------------------------------------------------------------------------------
+
+
+def _broker_args(p):
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
+
+@command("broker", "run the embedded MQTT broker (amqtt) on loopback: the demo's default")
+@args(_broker_args)
+def broker(a):
+    import threading
+
+    from firmware_io.mqtt.broker import EmbeddedBroker
+
+    with EmbeddedBroker(a.port, a.host) as b:
+        print(f"broker listening on {b.url}", flush=True)
+        try:
+            threading.Event().wait(a.duration)  # None: until Ctrl-C
+        except KeyboardInterrupt:
+            pass
+    return "broker stopped"
+
+
+def _collect_args(p):
+    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--db", type=Path, default=Path("telemetry.sqlite"), help="SQLite file to fill")
+    p.add_argument("--root", default="qc", help="topic root to subscribe to (ROOT/#)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
+
+@command("collect", "subscribe to qc/# and store inspections (deduplicated by id), stats and alarms")
+@args(_collect_args)
+def collect(a):
+    import signal
+    import threading
+    import time
+
+    from firmware_io.mqtt.collector import Collector
+    from firmware_io.mqtt.config import MQTTConfig
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    col = Collector(MQTTConfig(url=a.mqtt), a.db, a.root).start()
+    print(f"collecting {a.root}/# from {a.mqtt} into {a.db}", flush=True)
+    t_end = time.monotonic() + a.duration if a.duration else None
+    while not stop.wait(0.2) and not (t_end and time.monotonic() > t_end):
+        pass
+    col.stop()
+    return col.counts
+
+
+def _report_args(p):
+    p.add_argument("--db", type=Path, default=Path("telemetry.sqlite"), help="the collector's SQLite file")
+    p.add_argument("--out", type=Path, default=Path("report.html"))
+
+
+@command("report", "yield report (HTML with plots) from the collector's database")
+@args(_report_args)
+def report(a):
+    from training.telemetry_report import report as run_report
+
+    return run_report(a.db, a.out)

@@ -1,0 +1,218 @@
+"""Telemetry over MQTT (paho-mqtt 2.x) with store-and-forward.
+
+Every event goes to the spool first; a sender thread publishes the spool in order while connected and
+deletes an event when the broker acknowledges it (QoS 1) or it has been written (QoS 0). After an outage
+or a restart the spool is replayed from its oldest event; consumers deduplicate by `id`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from firmware_io.mqtt.config import MQTTConfig
+from firmware_io.mqtt.spool import Spool, SpoolFull
+
+__all__ = ["MQTTTelemetry", "prefix_for"]
+
+log = logging.getLogger("qc.mqtt")
+MAX_IN_FLIGHT = 64
+
+
+def prefix_for(cfg: MQTTConfig, line: str, station: str) -> str:
+    return cfg.prefix or f"qc/{line}/{station}"
+
+
+class MQTTTelemetry:
+    def __init__(self, cfg: MQTTConfig, line: str, station: str, log_stream=sys.stderr):
+        self.cfg = cfg
+        self.prefix = prefix_for(cfg, line, station)
+        self.spool = Spool(cfg.spool_path, cfg.spool_max_events, cfg.when_full)
+        self.log_stream = log_stream
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self.counts = {"published": 0, "acked": 0, "refused_full": 0, "bad_commands": 0}
+        self._handler: Callable[[str, dict], dict] | None = None
+        self._in_flight: dict[int, int] = {}  # mid -> spool row id
+        self._early: dict[int, float] = {}
+        self._last_sent = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._near_full_alarmed = False
+        self.client = self._make_client(cfg, f"qc-{line}-{station}")
+        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self.client.loop_start()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender.start()
+
+    def _make_client(self, cfg: MQTTConfig, default_id: str) -> mqtt.Client:
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cfg.client_id or default_id,
+                             clean_session=True)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls:
+            client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                           certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                           keyfile=str(cfg.key_file) if cfg.key_file else None)
+        client.will_set(f"{self.prefix}/status", "offline", qos=1, retain=True)  # before connect
+        client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=round(cfg.reconnect_max_s))
+        client.max_inflight_messages_set(MAX_IN_FLIGHT)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _say(self, msg: str) -> None:
+        print(f"[mqtt] {msg}", file=self.log_stream, flush=True)
+
+    # --- paho callbacks (network thread) ---
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:  # refused (bad credentials, ...): never treated as connected
+            self.refused = str(reason_code)
+            self._say(f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code} "
+                      f"(check the user in mqtt.url and the password in ${self.cfg.password_env})")
+            return
+        self.refused = None
+        with self._lock:
+            self._in_flight.clear()
+            self._early.clear()
+            self._last_sent = 0  # replay the spool from its oldest event
+        client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
+        if self.cfg.commands:
+            client.subscribe(f"{self.prefix}/cmd/+", qos=1)
+        self.connected.set()
+        self._say(f"connected to {self.cfg.host}:{self.cfg.port}, {len(self.spool)} event(s) spooled")
+        with self._wake:
+            self._wake.notify()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        if self.connected.is_set():
+            self._say(f"disconnected ({reason_code}); events keep going to the spool")
+        self.connected.clear()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self._lock:
+            row = self._in_flight.pop(mid, None)
+            if row is None:
+                # acknowledged before publish() returned its mid to the sender (or a resend of an old one)
+                self._early[mid] = time.monotonic()
+            else:
+                self._ack(row)
+        with self._wake:
+            self._wake.notify()
+
+    def _ack(self, row_id: int) -> None:
+        self.spool.ack(row_id)
+        self.counts["acked"] += 1
+
+    def _on_message(self, client, userdata, msg):
+        name = msg.topic.rsplit("/", 1)[-1]
+        if msg.topic.endswith("/result") or not msg.topic.startswith(f"{self.prefix}/cmd/"):
+            return
+        reply = self._command(name, msg.payload)
+        client.publish(f"{self.prefix}/cmd/{name}/result", json.dumps(reply), qos=1)
+
+    def _command(self, name: str, raw: bytes) -> dict:
+        """Validate and run a command; an invalid, oversized or unknown one changes nothing."""
+        if len(raw) > self.cfg.max_command_bytes:
+            self.counts["bad_commands"] += 1
+            return {"ok": False, "error": f"payload of {len(raw)} bytes exceeds {self.cfg.max_command_bytes}"}
+        try:
+            payload = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.counts["bad_commands"] += 1
+            return {"ok": False, "error": f"payload is not UTF-8 JSON: {exc}"}
+        if not isinstance(payload, dict):
+            self.counts["bad_commands"] += 1
+            return {"ok": False, "error": "payload must be a JSON object"}
+        if self._handler is None:
+            return {"ok": False, "error": "no command handler"}
+        try:
+            reply = self._handler(name, payload)
+        except Exception as exc:  # the runtime never crashes on a payload
+            reply = {"ok": False, "error": f"command failed: {exc}"}
+        if not reply.get("ok"):
+            self.counts["bad_commands"] += 1
+        return reply
+
+    # --- sending ---
+
+    def _send_loop(self) -> None:
+        while not self._closing:
+            with self._wake:
+                self._wake.wait(0.2)
+            if not self.connected.is_set():
+                continue
+            with self._lock:
+                stale = time.monotonic() - 5.0  # an unclaimed early ack must not match a reused mid later
+                self._early = {m: t for m, t in self._early.items() if t > stale}
+                room = MAX_IN_FLIGHT - len(self._in_flight)
+                rows = self.spool.after(self._last_sent, room) if room > 0 else []
+            for row in rows:
+                # never hold our lock inside publish(): paho holds its own while it calls on_publish
+                info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break  # disconnected: the spool keeps it
+                with self._lock:
+                    self._last_sent = row.id
+                    self.counts["published"] += 1
+                    if self._early.pop(info.mid, None) is not None:
+                        self._ack(row.id)
+                    else:
+                        self._in_flight[info.mid] = row.id
+
+    def _put(self, suffix: str, payload: dict | str, qos: int, retain: bool, kind: str) -> None:
+        body = payload.encode() if isinstance(payload, str) else json.dumps(payload, default=str).encode()
+        try:
+            self.spool.put(f"{self.prefix}/{suffix}", body, qos, retain, kind)
+        except SpoolFull as exc:
+            self.counts["refused_full"] += 1
+            self._say(f"ALARM {exc}: event refused")
+            return
+        if self.spool.fill >= 0.8 and not self._near_full_alarmed and kind != "alarm":
+            self._near_full_alarmed = True
+            self.alarm("spool_near_full", f"spool at {100 * self.spool.fill:.0f}% of {self.spool.capacity} events")
+        elif self.spool.fill < 0.7:
+            self._near_full_alarmed = False
+        with self._wake:
+            self._wake.notify()
+
+    # --- the Telemetry interface ---
+
+    def inspection(self, event: dict) -> None:
+        self._put("inspection", event, 1, False, "inspection")
+
+    def stats(self, snapshot: dict) -> None:
+        self._put("stats", snapshot | {"spool": {"events": len(self.spool), "dropped": self.spool.dropped},
+                                       "mqtt": dict(self.counts)}, 0, True, "stats")
+
+    def alarm(self, kind: str, message: str, **extra) -> None:
+        self._put("alarm", {"kind": kind, "message": message, "ts": time.time(), **extra}, 1, False, "alarm")
+
+    def on_command(self, handler: Callable[[str, dict], dict]) -> None:
+        self._handler = handler
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush the spool while connected (up to timeout), say offline, disconnect. What is left stays spooled."""
+        deadline = time.monotonic() + timeout
+        while len(self.spool) and self.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._sender.join(timeout=5)
+        if self.connected.is_set():
+            self.client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True).wait_for_publish(2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.spool.close()
