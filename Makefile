@@ -19,7 +19,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(TEST_ARGS)
 
 bench: $(STAMP)
-	$(VENV)/bin/qc bench all --out bench-output
+	$(PY) -m bench.synth
+	$(PY) -m bench.reject_timing --quick
+	$(PY) -m bench.telemetry
+	$(PY) -m bench.export
+	$(VENV)/bin/qc demo --quick --out bench-output/demo > /dev/null
+	$(VENV)/bin/qc bench --bundle bench-output/demo/bundle
+	$(PY) -m bench.train_quality
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

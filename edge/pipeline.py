@@ -263,7 +263,8 @@ class Runtime:
         return {"ok": False, "error": f"unknown command '{name}'"}
 
     def _publish_stats(self) -> dict:
-        snap = self.stats.snapshot() | {"gate": dict(self.gate.counts), "threshold": self.threshold,
+        snap = self.stats.snapshot() | {"gate": dict(self.gate.counts) | {"timing": self.gate.timing()},
+                                        "threshold": self.threshold,
                                         "model": self.bundle.meta["name"], "paused": self.paused.is_set()}
         self.telemetry.stats(snap)
         return snap

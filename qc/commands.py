@@ -103,6 +103,7 @@ def _train_args(p):
     p.add_argument("--fine-tune-learning-rate", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--pooling", choices=["max", "avg"], help="global pooling (default avg; max can help with tiny defects)")
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false", default=None,
                    help="do not weight classes by inverse frequency")
     p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
@@ -417,3 +418,65 @@ def report(a):
     from training.telemetry_report import report as run_report
 
     return run_report(a.db, a.out)
+
+
+def _bench_args(p):
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle to measure")
+    p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
+    p.add_argument("--threads", type=int, default=2, help="LiteRT CPU threads")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long the pipeline runs")
+
+
+@command("bench", "benchmark the edge pipeline on 640x480 frames against its stages and a naive loop (JSON)")
+@args(_bench_args)
+def bench(a):
+    from edge.benchmark import run_benchmark
+
+    return run_benchmark(a.bundle, a.frames, a.threads, a.seconds)
+
+
+def _demo_args(p):
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for everything (replaced)")
+    p.add_argument("--quick", action="store_true", help="a small dataset and a few epochs: under a minute or two")
+    p.add_argument("--seed", type=int, default=1)
+
+
+@command("demo", "the whole system end to end: synth, train, evaluate, export, broker, run, report", needs_tf=True)
+@args(_demo_args)
+def demo(a):
+    from qc.demo import run_demo
+
+    run_demo(a.out, a.quick, a.seed)
+
+
+def _package_args(p):
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="edge YAML for the box")
+    p.add_argument("--unit", type=Path, default=Path(__file__).resolve().parents[1] / "deploy" / "qc-inspect.service")
+    p.add_argument("--out", type=Path, required=True, help="box.tar.gz to write")
+
+
+@command("package", "pack what a box needs (bundle, config, systemd unit) into a tar.gz with SHA256SUMS")
+@args(_package_args)
+def package(a):
+    import hashlib
+    import io
+    import tarfile
+
+    from edge.bundle import load_bundle
+    from edge.config import load_config
+
+    load_bundle(a.bundle)  # refuse to ship a broken bundle
+    load_config(a.config, {"bundle": str(a.bundle)})
+    files = {f"bundle/{p.name}": p for p in sorted(a.bundle.iterdir()) if p.is_file()}
+    files |= {"edge.yaml": a.config, "qc-inspect.service": a.unit}
+    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {name}\n" for name, p in files.items())
+    with tarfile.open(a.out, "w:gz") as tar:
+        for name, p in files.items():
+            tar.add(p, arcname=f"qc-box/{name}")
+        info = tarfile.TarInfo("qc-box/SHA256SUMS")
+        info.size = len(sums)
+        tar.addfile(info, io.BytesIO(sums.encode()))
+    return {"package": str(a.out), "files": list(files) + ["SHA256SUMS"],
+            "sha256": hashlib.sha256(a.out.read_bytes()).hexdigest(),
+            "on the box": "tar xzf box.tar.gz && cd qc-box && sha256sum -c SHA256SUMS && qc bundle verify bundle"}

@@ -223,7 +223,7 @@ def test_spool_survives_reopen_and_honours_its_policy(tmp_path):
     s = Spool(tmp_path / "s.sqlite", capacity=10)
     for i in range(6):
         s.put("t/inspection", str(i).encode(), 1, False, "inspection")
-    for i in range(4):
+    for _ in range(4):
         s.put("t/stats", b"{}", 0, True, "stats")
     s.put("t/inspection", b"6", 1, False, "inspection")  # full: the oldest stats goes
     assert len(s) == 10 and s.dropped == 1

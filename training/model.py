@@ -37,7 +37,7 @@ def _weights_arg(weights: str) -> str | None:
 
 
 def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: str = "none",
-          dropout: float = 0.2) -> keras.Model:
+          dropout: float = 0.2, pooling: str = "avg") -> keras.Model:
     if arch not in ARCHS:
         raise QCError(f"unknown architecture '{arch}'; choose from {list(ARCHS)}")
     if input_size < 32:
@@ -62,7 +62,9 @@ def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: s
     pretrained = pretrained_weights(weights)
     # keras-io transfer learning: a pretrained backbone keeps BatchNorm in inference mode, also when fine-tuned
     features = base(x, training=False) if pretrained else base(x)
-    pooled = layers.GlobalAveragePooling2D(name="pool")(features)
+    # max pooling keeps a small defect's response whole; averaging dilutes it by the feature map's area
+    pool = layers.GlobalMaxPooling2D if pooling == "max" else layers.GlobalAveragePooling2D
+    pooled = pool(name="pool")(features)
     pooled = layers.Dropout(dropout, name="dropout")(pooled)
     logits = layers.Dense(num_classes, name="head")(pooled)
     probs = layers.Softmax(name="probs")(logits)
@@ -72,8 +74,8 @@ def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: s
 def with_cam(model: keras.Model) -> keras.Model:
     """The same weights with a second output: per-location class probabilities (a class activation map).
 
-    The head is linear and the pooling is an average, so the mean of the map's logits equals the logits
-    the classifier sees: the map explains exactly this model's decision.
+    The head is linear: with average pooling the mean of the map's logits is exactly the classifier's
+    logits; with max pooling the map shows where each feature's strongest response lies.
     """
     names = {layer.name for layer in model.layers}
     inp = keras.Input(model.input.shape[1:], name="image")

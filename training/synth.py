@@ -132,7 +132,7 @@ def make_sample(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndar
     family = SURFACES[int(rng.integers(len(SURFACES)))]
     tex = _rotate(_surface(rng, size, family), rng.uniform(0, 180))
     base = rng.uniform(80, 170)
-    img = base + rng.uniform(12, 30) * tex
+    img = base + rng.uniform(8, 22) * tex
     # lighting: a random linear ramp plus a soft vignette, so a global threshold cannot find defects
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     angle = rng.uniform(0, 2 * np.pi)
@@ -141,7 +141,7 @@ def make_sample(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndar
     mask = None
     if kind != "good":
         mask, soft = _defect_mask(rng, size, kind)
-        low, high = {"stain": (10, 28), "spot": (25, 70), "scratch": (22, 60), "crack": (30, 75)}[kind]
+        low, high = {"stain": (16, 36), "spot": (30, 75), "scratch": (35, 75), "crack": (40, 85)}[kind]
         sign = -1.0 if kind in ("spot", "crack") or rng.random() < 0.5 else 1.0
         img += sign * rng.uniform(low, high) * soft
     img += rng.normal(0, rng.uniform(1.5, 5), img.shape).astype(np.float32)

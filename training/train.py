@@ -38,11 +38,12 @@ class TrainConfig(BaseModel):
     head_epochs: int = Field(5, ge=0, description="with pretrained weights: epochs with the backbone frozen")
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam")
-    learning_rate: float = Field(2e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     fine_tune_learning_rate: float = Field(1e-4, gt=0, description="after unfreezing a pretrained backbone")
     momentum: float = Field(0.9, ge=0, lt=1, description="for sgd")
     weight_decay: float = Field(1e-4, ge=0, description="decoupled L2 weight decay in the optimizer")
     dropout: float = Field(0.2, ge=0, lt=1)
+    pooling: Literal["max", "avg"] = Field("avg", description="global pooling of the backbone's features")
     class_weights: bool = Field(True, description="weight classes by their inverse frequency")
     patience: int = Field(8, ge=1, description="early stopping patience on val loss (epochs)")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap batches per epoch (quick runs)")
@@ -119,7 +120,8 @@ def train(cfg: TrainConfig) -> dict:
         if net.input.shape[1] != cfg.input_size:
             raise QCError(f"--init-from model takes {net.input.shape[1]} px, not --input-size {cfg.input_size}")
     else:
-        net = models.build(cfg.arch, len(ds.classes), cfg.input_size, cfg.alpha, cfg.weights, cfg.dropout)
+        net = models.build(cfg.arch, len(ds.classes), cfg.input_size, cfg.alpha, cfg.weights, cfg.dropout,
+                           cfg.pooling)
     train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, cfg.seed, cfg.augment)
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()

@@ -78,6 +78,7 @@ class RejectGate:
         self.queues: list[deque[float]] = [deque() for _ in cfg.pins]
         self.open_until: list[float | None] = [None] * len(cfg.pins)
         self.counts: Counter = Counter()
+        self.errors_ms: deque[float] = deque(maxlen=10_000)  # fired minus scheduled, for stats and the demo
         self.closed = False
         self._wake = threading.Condition()
         for pin in cfg.pins:
@@ -136,8 +137,10 @@ class RejectGate:
         for lane, pin in enumerate(self.cfg.pins):
             queue = self.queues[lane]
             while queue and queue[0] <= position:
-                queue.popleft()
+                at = queue.popleft()
                 self.counts["fired"] += 1
+                if by_time:
+                    self.errors_ms.append((now - at) * 1000)
                 if self.open_until[lane] is None:
                     self.gpio.write(pin, self.on)
                 else:
@@ -151,6 +154,14 @@ class RejectGate:
                     self.gpio.write(pin, self.off)
                     self.open_until[lane] = None
                     self.counts["pulses"] += 1
+
+    def timing(self) -> dict:
+        """Fired-vs-scheduled error of recent pulses (time-based firing), in ms."""
+        if not self.errors_ms:
+            return {}
+        e = sorted(self.errors_ms)
+        return {"p50_ms": round(e[len(e) // 2], 3), "p99_ms": round(e[min(len(e) - 1, int(0.99 * len(e)))], 3),
+                "max_ms": round(e[-1], 3), "n": len(e)}
 
     def in_flight(self) -> int:
         return sum(len(q) for q in self.queues)

@@ -34,7 +34,7 @@ class MQTTTelemetry:
     def __init__(self, cfg: MQTTConfig, line: str, station: str, log_stream=sys.stderr):
         self.cfg = cfg
         self.prefix = prefix_for(cfg, line, station)
-        self.spool = Spool(cfg.spool_path, cfg.spool_max_events, cfg.when_full)
+        self.spool = Spool(cfg.spool_path, cfg.spool_max_events, cfg.when_full, cfg.spool_sync.upper())
         self.log_stream = log_stream
         self.connected = threading.Event()
         self.refused: str | None = None
@@ -42,6 +42,7 @@ class MQTTTelemetry:
         self._handler: Callable[[str, dict], dict] | None = None
         self._in_flight: dict[int, int] = {}  # mid -> spool row id
         self._early: dict[int, float] = {}
+        self._acked: list[int] = []
         self._last_sent = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition()
@@ -112,7 +113,7 @@ class MQTTTelemetry:
             self._wake.notify()
 
     def _ack(self, row_id: int) -> None:
-        self.spool.ack(row_id)
+        self._acked.append(row_id)  # deleted in batches by the sender: one transaction for many
         self.counts["acked"] += 1
 
     def _on_message(self, client, userdata, msg):
@@ -153,6 +154,9 @@ class MQTTTelemetry:
                 self._wake.wait(0.2)
             if not self.connected.is_set():
                 continue
+            with self._lock:
+                acked, self._acked = self._acked, []
+            self.spool.ack(acked)
             with self._lock:
                 stale = time.monotonic() - 5.0  # an unclaimed early ack must not match a reused mid later
                 self._early = {m: t for m, t in self._early.items() if t > stale}
@@ -211,6 +215,7 @@ class MQTTTelemetry:
             self._closing = True
             self._wake.notify()
         self._sender.join(timeout=5)
+        self.spool.ack(self._acked)
         if self.connected.is_set():
             self.client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True).wait_for_publish(2)
         self.client.disconnect()

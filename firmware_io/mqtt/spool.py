@@ -75,9 +75,14 @@ class Spool:
                                     "ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
         return [Row(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
 
-    def ack(self, row_id: int) -> None:
+    def ack(self, row_ids: list[int]) -> None:
+        """Delete acknowledged events, in one transaction."""
+        if not row_ids:
+            return
         with self._lock:
-            cur = self._db.execute("DELETE FROM events WHERE id = ?", (row_id,))
+            self._db.execute("BEGIN")
+            cur = self._db.executemany("DELETE FROM events WHERE id = ?", [(r,) for r in row_ids])
+            self._db.execute("COMMIT")
             self._count -= cur.rowcount
 
     def close(self) -> None:

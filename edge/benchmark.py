@@ -1,0 +1,103 @@
+"""`qc bench --bundle B`: how fast the edge inspects 640x480 frames, against baselines in the same run.
+
+Stages alone (read = PNG decode, preprocess, bare interpreter invoke), a naive sequential loop, and the
+threaded pipeline fed at 90 % of its slowest stage's rate; p50/p99 latency and peak RSS. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.bundle import load_bundle
+from edge.classifiers import make_classifier
+from edge.config import validate_config
+from edge.decision import decide
+from edge.pipeline import Runtime
+from edge.preprocess import prepare
+
+__all__ = ["run_benchmark"]
+
+
+def _rate(fn, n: int) -> float:
+    fn()  # warm up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - t0)
+
+
+def _frames(folder: Path, n: int, size=(480, 640)) -> list[Path]:
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.normal(128, 30, size).astype(np.float32), (0, 0), 3)
+    paths = []
+    for i in range(n):
+        img = np.clip(base + rng.normal(0, 8, size), 0, 255).astype(np.uint8)
+        cv2.circle(img, (int(rng.integers(50, 590)), int(rng.integers(50, 430))), 12, 30, -1)
+        paths.append(folder / f"{i:04d}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+    return paths
+
+
+def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int = 2, seconds: float = 10.0) -> dict:
+    cfg_values = {"bundle": str(bundle_path), "classifier": {"num_threads": num_threads}, "store": {"dir": None},
+                  "reload_watch": False, "stats_interval_s": 3600,
+                  "gpio": {"gate": {"delay_ms": 1000, "pulse_ms": 1, "min_gap_ms": 0}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _frames(Path(tmp), 32)
+        cfg = validate_config(cfg_values | {"source": {"kind": "folder", "path": tmp}})
+        clf = make_classifier(load_bundle(bundle_path), cfg.classifier.backend, num_threads)
+        bundle = clf.bundle
+        h, w = bundle.input_size
+        blobs = [np.fromfile(p, np.uint8) for p in paths]
+        frames = [cv2.imdecode(b, cv2.IMREAD_COLOR) for b in blobs]
+        rgb = prepare(frames[0], (h, w), bundle.meta["input"]["resize"], bgr=True)
+        it = iter(range(10**9))
+        read = _rate(lambda: cv2.imdecode(blobs[next(it) % len(blobs)], cv2.IMREAD_COLOR), n)
+        pre = _rate(lambda: prepare(frames[next(it) % len(frames)], (h, w), "area", bgr=True), n)
+        clf.interpreter.set_tensor(clf._in["index"], rgb[None])
+        invoke = _rate(clf.interpreter.invoke, n)
+
+        def naive_one():
+            img = cv2.imdecode(blobs[next(it) % len(blobs)], cv2.IMREAD_COLOR)
+            res = clf.infer(prepare(img, (h, w), "area", bgr=True))
+            decide(res.scores, bundle.labels, bundle.threshold, bundle.good_index)
+
+        naive = _rate(naive_one, n)
+        slowest = min(read, pre, invoke)
+        target_rate = 0.9 * slowest
+        cfg = validate_config(cfg_values | {"source": {"kind": "folder", "path": tmp, "loop": True,
+                                                       "rate_hz": target_rate}})
+        rt = Runtime(cfg)
+        t0 = time.perf_counter()
+        final = rt.run(duration=seconds, on_stats=lambda line: None)
+        elapsed = time.perf_counter() - t0
+    e2e = final["latency_ms"].get("end_to_end", {})
+    parts = final["counts"]["parts"]
+    reasons = final["counts"]["reason"]
+    result = {
+        "benchmark": "edge_pipeline", "bundle": str(bundle_path), "model": bundle.meta["name"],
+        "input": bundle.meta["input"]["shape"], "frame": [480, 640], "num_threads": num_threads,
+        "stages_alone_per_s": {"read_png_decode": round(read, 1), "preprocess": round(pre, 1),
+                               "interpreter_invoke": round(invoke, 1)},
+        "naive_sequential_loop_per_s": round(naive, 1),
+        "pipeline": {"offered_rate_per_s": round(target_rate, 1), "achieved_per_s": round(parts / elapsed, 1),
+                     "parts": parts, "inspected": reasons.get("ok", 0) + reasons.get("defect", 0),
+                     "failsafe_or_overflow": sum(v for k, v in reasons.items() if k not in ("ok", "defect")),
+                     "latency_p50_ms": e2e.get("p50"), "latency_p99_ms": e2e.get("p99")},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    pipe = result["pipeline"]
+    result["ratios"] = {"pipeline_vs_slowest_stage": round(pipe["achieved_per_s"] / slowest, 3),
+                        "pipeline_vs_naive": round(pipe["achieved_per_s"] / naive, 3),
+                        "p99_over_p50": round((pipe["latency_p99_ms"] or 0) / max(1e-9, pipe["latency_p50_ms"] or 1), 2)}
+    r = result["ratios"]
+    result["targets"] = {"pipeline_vs_slowest_stage": 0.8, "pipeline_vs_naive": 1.3, "p99_over_p50_max": 2.0}
+    result["meets_targets"] = (r["pipeline_vs_slowest_stage"] >= 0.8 and r["pipeline_vs_naive"] >= 1.3
+                               and r["p99_over_p50"] <= 2.0 and pipe["failsafe_or_overflow"] == 0)
+    return result

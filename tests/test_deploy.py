@@ -1,0 +1,48 @@
+"""Deploy files: every example config passes `qc config check`; `qc package` ships a verified bundle."""
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edge.config import load_config
+from qc.cli import main
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+@pytest.mark.parametrize("name", ["edge.example.yaml", "pi.yaml", "jetson.yaml", "coral.yaml"])
+def test_example_configs_are_valid(name, capsys):
+    assert main(["config", "check", str(DEPLOY / name)]) == 0
+    assert ": ok" in capsys.readouterr().out
+
+
+def test_example_config_documents_every_field():
+    text = (DEPLOY / "edge.example.yaml").read_text()
+    cfg = load_config(DEPLOY / "edge.example.yaml")
+    for section, model in cfg:
+        assert f"{section}:" in text
+        if hasattr(model, "model_fields"):
+            for field in type(model).model_fields:
+                assert f"{field}:" in text, f"{section}.{field} is not in edge.example.yaml"
+
+
+def test_config_check_names_a_bad_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((DEPLOY / "pi.yaml").read_text().replace("delay_ms: 350", "dellay_ms: 350"))
+    assert main(["config", "check", str(bad)]) == 2
+    assert "gpio.gate.dellay_ms" in capsys.readouterr().err
+
+
+def test_package_ships_bundle_config_unit_with_checksums(bundle_dir, tmp_path):
+    out = tmp_path / "box.tar.gz"
+    assert main(["package", "--bundle", str(bundle_dir), "--config", str(DEPLOY / "pi.yaml"), "--out", str(out)]) == 0
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        sums = tar.extractfile("qc-box/SHA256SUMS").read().decode().splitlines()
+        for line in sums:
+            digest, name = line.split("  ")
+            assert hashlib.sha256(tar.extractfile(f"qc-box/{name}").read()).hexdigest() == digest
+    assert {"qc-box/bundle/model.tflite", "qc-box/bundle/model.json", "qc-box/edge.yaml",
+            "qc-box/qc-inspect.service"} <= set(names)
