@@ -112,7 +112,7 @@ class VideoSource:
                     cap = self._open()
                     continue
                 return
-            self.on_alarm("camera_lost", f"{self.cfg.kind} {self.cfg.path!r} gave no frame; reopening in {backoff:.1f}s")
+            self.on_alarm("camera_lost", f"{self.cfg.kind} {self.cfg.path!r} gave no frame; reopening in {backoff:.2f}s")
             cap.release()
             time.sleep(backoff)
             backoff = min(self.cfg.reconnect_max_s, backoff * 2)

@@ -11,6 +11,7 @@ TILES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_
 
 def _copy_tiles(dst: Path, per_class: int = 6, classes=("good", "blowhole", "crack")) -> Path:
     """A small copy of the real magnetic-tile photos (class layout, with masks)."""
+    assert TILES.is_dir(), f"the shared datasets are expected beside the repository, at {TILES}"
     for cls in classes:
         (dst / cls).mkdir(parents=True)
         (dst / "masks" / cls).mkdir(parents=True)

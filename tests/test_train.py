@@ -134,3 +134,13 @@ def test_explain_writes_overlays(tiny_run, synth32, tmp_path):
     out = explain(tiny_run, imgs, tmp_path / "x")
     assert [p.name for p in out] == [f"{i.stem}_cam.png" for i in imgs]
     assert all(p.stat().st_size > 1000 for p in out)
+
+
+def test_pretrained_weights_train_the_head_then_fine_tune(tmp_path, synth32):
+    weights = tmp_path / "backbone.weights.h5"
+    models.build("mobilenet_v2", 5, 32, 0.35).get_layer("backbone").save_weights(weights)
+    rec = train(TrainConfig(data=synth32, out=tmp_path / "ft", weights=str(weights), head_epochs=1,
+                            **(TINY | {"epochs": 1})))
+    history = json.loads((tmp_path / "ft" / "history.json").read_text())
+    assert history["phase"] == ["head", "fine-tune"]
+    assert rec["weights"] == str(weights)
