@@ -144,3 +144,23 @@ def test_pretrained_weights_train_the_head_then_fine_tune(tmp_path, synth32):
     history = json.loads((tmp_path / "ft" / "history.json").read_text())
     assert history["phase"] == ["head", "fine-tune"]
     assert rec["weights"] == str(weights)
+
+
+def test_cam_targets_follow_masks_and_ignore_unmasked_defects():
+    import tensorflow as tf
+
+    from training.pipeline import cam_targets
+
+    masks = np.zeros((3, 8, 8, 1), np.float32)
+    masks[0, :4, :4] = 1  # a defect in the top-left cell of a 2x2 grid
+    labels = tf.constant([2, 0, 3])
+    has_mask = tf.constant([True, False, False])
+    t = cam_targets(tf.constant(masks), labels, has_mask, grid=2).numpy()
+    assert t[0].tolist() == [[2, 0], [0, 0]]
+    assert t[1].tolist() == [[0, 0], [0, 0]]  # good part: every cell is good
+    assert t[2].tolist() == [[-1, -1], [-1, -1]]  # a defect without a mask: the map is not told
+
+
+def test_mask_supervision_trains_both_outputs(tiny_run):
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert "cam_loss" in history and "probs_loss" in history  # synth32 has masks: the map was supervised

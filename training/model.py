@@ -22,6 +22,17 @@ ARCHS = {
 }
 
 
+@keras.saving.register_keras_serializable(package="qc")
+class Standardize(layers.Layer):
+    """Per-image standardization: zero mean, unit variance over each image. Removes a part's overall
+    brightness and contrast (lamp ageing, exposure), so the network spends itself on local defects."""
+
+    def call(self, x):
+        mean = keras.ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        var = keras.ops.mean(keras.ops.square(x - mean), axis=(1, 2, 3), keepdims=True)
+        return (x - mean) * keras.ops.rsqrt(var + 1.0)
+
+
 def pretrained_weights(weights: str) -> bool:
     return weights != "none"
 
@@ -71,20 +82,27 @@ def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: s
     return keras.Model(inp, probs, name=f"{arch}_{alpha}_{input_size}")
 
 
-def with_cam(model: keras.Model) -> keras.Model:
+def with_cam(model: keras.Model, for_training: bool = False, pretrained: bool = True) -> keras.Model:
     """The same weights with a second output: per-location class probabilities (a class activation map).
 
     The head is linear: with average pooling the mean of the map's logits is exactly the classifier's
-    logits; with max pooling the map shows where each feature's strongest response lies.
+    logits; with max pooling the map shows where each feature's strongest response lies. `for_training`
+    keeps dropout, and BatchNorm in training mode for a backbone trained from scratch, so the map can be
+    supervised with defect masks while the classifier learns.
     """
     names = {layer.name for layer in model.layers}
     inp = keras.Input(model.input.shape[1:], name="image")
     x = model.get_layer("preprocess")(inp) if "preprocess" in names else inp
-    features = model.get_layer("backbone")(x, training=False)
+    backbone = model.get_layer("backbone")
+    features = backbone(x) if for_training and not pretrained else backbone(x, training=False)
     head = model.get_layer("head")
-    probs = layers.Softmax(name="probs")(head(model.get_layer("pool")(features)))
+    pooled = model.get_layer("pool")(features)
+    if for_training:
+        pooled = model.get_layer("dropout")(pooled)
+    probs = layers.Softmax(name="probs")(head(pooled))
     cam = layers.Softmax(name="cam")(head(features))
-    return keras.Model(inp, [probs, cam], name=model.name + "_cam")
+    return keras.Model(inp, {"probs": probs, "cam": cam} if for_training else [probs, cam],
+                       name=model.name + "_cam")
 
 
 def load(run: Path) -> keras.Model:

@@ -45,6 +45,8 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     pooling: Literal["max", "avg"] = Field("avg", description="global pooling of the backbone's features")
     class_weights: bool = Field(True, description="weight classes by their inverse frequency")
+    mask_supervision: float = Field(1.0, ge=0, description="weight of the activation-map loss on images with "
+                                    "defect masks (0: image labels only)")
     patience: int = Field(8, ge=1, description="early stopping patience on val loss (epochs)")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap batches per epoch (quick runs)")
     seed: int = Field(0)
@@ -64,18 +66,20 @@ def _optimizer(cfg: TrainConfig, lr: float):
 class EpochLine(keras.callbacks.Callback):
     """Adds val_defect_recall to the logs and prints one line per epoch."""
 
-    def __init__(self, val_x, val_y, batch_size: int, phase: str):
+    def __init__(self, net, val_x, val_y, batch_size: int, phase: str):
         super().__init__()
-        self.val_x, self.val_defect = val_x, val_y != 0
+        self.net, self.val_x, self.val_defect = net, val_x, val_y != 0
         self.batch_size, self.phase = batch_size, phase
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        probs = self.model.predict(self.val_x.astype(np.float32), batch_size=self.batch_size, verbose=0)
+        probs = self.net.predict(self.val_x.astype(np.float32), batch_size=self.batch_size, verbose=0)
         flagged = probs.argmax(1) != 0
         logs["val_defect_recall"] = float(flagged[self.val_defect].mean()) if self.val_defect.any() else 1.0
+        for key in ("accuracy", "val_accuracy"):  # a two-output trainer names it probs_accuracy
+            logs.setdefault(key, logs.get(key.replace("accuracy", "probs_accuracy"), float("nan")))
         print(f"{self.phase} epoch {epoch + 1:3d}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
               f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  "
               f"val_defect_recall {logs['val_defect_recall']:.4f}  {time.monotonic() - self.t0:.1f}s",
@@ -87,16 +91,30 @@ def _class_weights(y: np.ndarray, n: int) -> dict[int, float]:
     return {i: float(len(y) / (n * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def _fit(net, cfg, phase, lr, epochs, train_ds, val_ds, val_x, val_y, class_weight, history):
-    net.compile(optimizer=_optimizer(cfg, lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def masked_sparse_ce(y_true, y_pred):
+    """Cross-entropy over the activation map's cells; cells marked -1 (no mask to say) are ignored."""
+    y_true = keras.ops.cast(y_true, "int32")
+    valid = keras.ops.cast(y_true >= 0, "float32")
+    ce = keras.losses.sparse_categorical_crossentropy(keras.ops.maximum(y_true, 0), y_pred)
+    return keras.ops.sum(ce * valid, axis=(1, 2)) / keras.ops.maximum(keras.ops.sum(valid, axis=(1, 2)), 1.0)
+
+
+def _fit(net, trainer, cfg, phase, lr, epochs, train_ds, val_ds, val_x, val_y, history):
+    if trainer is net:
+        trainer.compile(optimizer=_optimizer(cfg, lr), loss="sparse_categorical_crossentropy",
+                        metrics=["accuracy"])
+    else:
+        trainer.compile(optimizer=_optimizer(cfg, lr),
+                        loss={"probs": "sparse_categorical_crossentropy", "cam": masked_sparse_ce},
+                        loss_weights={"probs": 1.0, "cam": cfg.mask_supervision}, metrics={"probs": ["accuracy"]})
     callbacks = [
-        EpochLine(val_x, val_y, cfg.batch_size, phase),
+        EpochLine(net, val_x, val_y, cfg.batch_size, phase),
         keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, cfg.patience // 3),
                                           min_lr=lr / 100),
     ]
-    h = net.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
-                steps_per_epoch=cfg.steps_per_epoch, callbacks=callbacks, verbose=0)
+    h = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=cfg.steps_per_epoch,
+                    callbacks=callbacks, verbose=0)
     for key, values in h.history.items():
         history.setdefault(key, []).extend(float(v) for v in values)
     history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
@@ -109,8 +127,10 @@ def train(cfg: TrainConfig) -> dict:
     tf.config.experimental.enable_op_determinism()
     ds = data.scan(cfg.data, seed=cfg.seed, skip_bad=cfg.skip_bad)
     print(ds.summary(), flush=True)
-    x_train, y_train, _ = data.load_arrays(ds, "train", cfg.input_size)
-    x_val, y_val, _ = data.load_arrays(ds, "val", cfg.input_size)
+    x_train, y_train, m_train = data.load_arrays(ds, "train", cfg.input_size, with_masks=True)
+    x_val, y_val, m_val = data.load_arrays(ds, "val", cfg.input_size, with_masks=True)
+    h_train = np.array([it.mask is not None for it in ds.split("train")], bool)
+    h_val = np.array([it.mask is not None for it in ds.split("val")], bool)
     if cfg.init_from:
         net = models.load(cfg.init_from)
         old = json.loads((Path(cfg.init_from) / "config.json").read_text())["classes"]
@@ -122,25 +142,29 @@ def train(cfg: TrainConfig) -> dict:
     else:
         net = models.build(cfg.arch, len(ds.classes), cfg.input_size, cfg.alpha, cfg.weights, cfg.dropout,
                            cfg.pooling)
-    train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, cfg.seed, cfg.augment)
+    pretrained = models.pretrained_weights(cfg.weights) and not cfg.init_from
+    supervise = cfg.mask_supervision > 0 and h_train[y_train != 0].any()
+    trainer = models.with_cam(net, for_training=True, pretrained=pretrained) if supervise else net
+    grid = trainer.output["cam"].shape[1] if supervise else None
+    class_weight = _class_weights(y_train, len(ds.classes)) if cfg.class_weights else None
+    train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, cfg.seed, cfg.augment, m_train, h_train, grid,
+                            class_weight)
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
-    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False)
-    class_weight = _class_weights(y_train, len(ds.classes)) if cfg.class_weights else None
+    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False, masks=m_val, has_mask=h_val, grid=grid)
     cfg.out.mkdir(parents=True, exist_ok=True)
     history: dict[str, list] = {}
     t0 = time.monotonic()
     backbone = net.get_layer("backbone")
-    if cfg.weights != "none" and not cfg.init_from and cfg.head_epochs:
+    if pretrained and cfg.head_epochs:
         backbone.trainable = False
-        _fit(net, cfg, "head", cfg.learning_rate, cfg.head_epochs, train_ds, val_ds, x_val, y_val,
-             class_weight, history)
+        _fit(net, trainer, cfg, "head", cfg.learning_rate, cfg.head_epochs, train_ds, val_ds, x_val, y_val, history)
         backbone.trainable = True  # unfreeze, recompile (in _fit), fine-tune at a low rate
-        _fit(net, cfg, "fine-tune", cfg.fine_tune_learning_rate, cfg.epochs, train_ds, val_ds, x_val, y_val,
-             class_weight, history)
+        _fit(net, trainer, cfg, "fine-tune", cfg.fine_tune_learning_rate, cfg.epochs, train_ds, val_ds, x_val,
+             y_val, history)
     else:
         lr = cfg.fine_tune_learning_rate if cfg.init_from else cfg.learning_rate
-        _fit(net, cfg, "train", lr, cfg.epochs, train_ds, val_ds, x_val, y_val, class_weight, history)
+        _fit(net, trainer, cfg, "train", lr, cfg.epochs, train_ds, val_ds, x_val, y_val, history)
     wall = time.monotonic() - t0
     net.save(cfg.out / "model.keras")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
