@@ -75,8 +75,7 @@ class Runtime:
         if cfg.trigger.mode == "part_sensor":
             PartSensor(self.gpio, cfg.gpio.part_sensor, self.triggers.put)
         elif cfg.trigger.mode == "encoder":
-            pitch = cfg.trigger.pitch_counts
-            self.encoder.listeners.append(lambda count: count % pitch == 0 and self.triggers.put(count))
+            self.encoder.listeners.append(self._on_count)
         self.q_pre: queue.Queue = queue.Queue(cfg.pipeline.queue_size)
         self.q_inf: queue.Queue = queue.Queue(cfg.pipeline.queue_size)
         self.stop_event = threading.Event()
@@ -87,6 +86,10 @@ class Runtime:
         self._captured = 0
         self._watch = self._bundle_mtime()
         self.light.set("running")
+
+    def _on_count(self, count: int) -> None:
+        if count % self.cfg.trigger.pitch_counts == 0:  # a part every pitch: its stamp is the count
+            self.triggers.put(count)
 
     # --- actions ---------------------------------------------------------------------------------------
 

@@ -224,3 +224,24 @@ def test_roi_box_is_in_frame_coordinates(bundle_dir, tmp_path):
     rt.run(on_stats=lambda line: None)
     x, y, w, h = tel.inspections[0]["box"]
     assert 40 <= x and 20 <= y and x + w <= 104 and y + h <= 84
+
+
+def test_encoder_triggers_a_part_every_pitch_and_fires_by_distance(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=10)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, trigger__mode="encoder",
+                           trigger__pitch_counts=10, gpio__encoder={"pin": 22},
+                           gpio__gate={"delay_ms": None, "distance_counts": 25, "pulse_ms": 1, "min_gap_ms": 0})
+
+    def belt():
+        for _ in range(60):  # 60 counts: parts at 10, 20, ... 60
+            time.sleep(0.004)
+            rt.gpio.pulse_in(22)
+        time.sleep(0.5)
+        for _ in range(40):  # the belt moves on: the last parts reach the gate
+            rt.gpio.pulse_in(22)
+        rt.stop_event.set()
+
+    threading.Thread(target=belt).start()
+    rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 6)
+    assert rt.gate.counts["fired"] == 6 and rt.gate.counts["late"] == 0

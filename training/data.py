@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +245,3 @@ def load_arrays(ds: Dataset, split: str, size: int, with_masks: bool = False):
     y = np.array([ds.class_index[it.label] for it in items], np.int64)
     return x, y, masks
 
-
-def write_manifest_summary(ds: Dataset, path: Path) -> None:
-    path.write_text(json.dumps({"root": str(ds.root), "layout": ds.layout, "classes": ds.classes,
-                                "counts": ds.counts(), "manifest_sha256": ds.manifest_sha256}, indent=1))

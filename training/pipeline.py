@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import layers
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AugmentConfig", "augmenter", "make_dataset"]
+__all__ = ["AugmentConfig", "augmenters", "cam_targets", "make_dataset"]
 
 
 class AugmentConfig(BaseModel):
