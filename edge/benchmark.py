@@ -1,7 +1,8 @@
 """`qc bench --bundle B`: how fast the edge inspects 640x480 frames, against baselines in the same run.
 
 Stages alone (read = PNG decode, preprocess, bare interpreter invoke), a naive sequential loop, and the
-threaded pipeline fed at 90 % of its slowest stage's rate; p50/p99 latency and peak RSS. Prints JSON.
+threaded pipeline at the highest rate it sustains with every part inspected (offered at falling shares of
+its slowest stage's rate); p50/p99 latency and peak RSS. Prints JSON.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _frames(folder: Path, n: int, size=(480, 640)) -> list[Path]:
     return paths
 
 
-def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int = 2, seconds: float = 10.0) -> dict:
+def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int = 2, seconds: float = 5.0) -> dict:
     cfg_values = {"bundle": str(bundle_path), "classifier": {"num_threads": num_threads}, "store": {"dir": None},
                   "reload_watch": False, "stats_interval_s": 3600,
                   "gpio": {"gate": {"delay_ms": 1000, "pulse_ms": 1, "min_gap_ms": 0}}}
@@ -70,16 +71,20 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int = 2, seconds
 
         naive = _rate(naive_one, n)
         slowest = min(read, pre, invoke)
-        target_rate = 0.9 * slowest
-        cfg = validate_config(cfg_values | {"source": {"kind": "folder", "path": tmp, "loop": True,
-                                                       "rate_hz": target_rate}})
-        rt = Runtime(cfg)
-        t0 = time.perf_counter()
-        final = rt.run(duration=seconds, on_stats=lambda line: None)
-        elapsed = time.perf_counter() - t0
+        # the highest offered rate the pipeline sustains with every part inspected (no fail-safe reject)
+        for fraction in (0.95, 0.85, 0.75, 0.65, 0.55, 0.45, 0.35):
+            target_rate = fraction * slowest
+            cfg = validate_config(cfg_values | {"source": {"kind": "folder", "path": tmp, "loop": True,
+                                                           "rate_hz": target_rate}})
+            rt = Runtime(cfg)
+            t0 = time.perf_counter()
+            final = rt.run(duration=seconds, on_stats=lambda line: None)
+            elapsed = time.perf_counter() - t0
+            reasons = final["counts"]["reason"]
+            if all(k in ("ok", "defect") for k in reasons):
+                break
     e2e = final["latency_ms"].get("end_to_end", {})
     parts = final["counts"]["parts"]
-    reasons = final["counts"]["reason"]
     result = {
         "benchmark": "edge_pipeline", "bundle": str(bundle_path), "model": bundle.meta["name"],
         "input": bundle.meta["input"]["shape"], "frame": [480, 640], "num_threads": num_threads,

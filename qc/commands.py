@@ -106,6 +106,8 @@ def _train_args(p):
     p.add_argument("--pooling", choices=["max", "avg"], help="global pooling (default avg; max can help with tiny defects)")
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false", default=None,
                    help="do not weight classes by inverse frequency")
+    p.add_argument("--mask-supervision", type=float,
+                   help="weight of the activation-map loss on images with masks (default 1; 0 turns it off)")
     p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
     p.add_argument("--steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")
     p.add_argument("--seed", type=int)
@@ -424,7 +426,7 @@ def _bench_args(p):
     p.add_argument("--bundle", type=Path, required=True, help="model bundle to measure")
     p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
     p.add_argument("--threads", type=int, default=2, help="LiteRT CPU threads")
-    p.add_argument("--seconds", type=float, default=10.0, help="how long the pipeline runs")
+    p.add_argument("--seconds", type=float, default=5.0, help="how long the pipeline runs at each offered rate")
 
 
 @command("bench", "benchmark the edge pipeline on 640x480 frames against its stages and a naive loop (JSON)")

@@ -3,9 +3,11 @@ against the float model on the test split, written as a bundle (model.tflite + m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,8 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
         conv.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in rep_x)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = conv.inference_output_type = {"uint8": tf.uint8, "int8": tf.int8}[io_dtype]
-    return conv.convert()
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints the saved signature; stdout is for results
+        return conv.convert()
 
 
 def _tensor_meta(detail: dict, **extra) -> dict:
