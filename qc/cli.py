@@ -13,7 +13,7 @@ from qc import commands
 
 
 def _require_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter; Python errors still raise
     try:
         import tensorflow  # noqa: F401
     except ImportError as exc:
