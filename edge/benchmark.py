@@ -40,7 +40,7 @@ def _frames(folder: Path, n: int, size=(480, 640)) -> list[Path]:
     for i in range(n):
         img = np.clip(base + rng.normal(0, 8, size), 0, 255).astype(np.uint8)
         cv2.circle(img, (int(rng.integers(50, 590)), int(rng.integers(50, 430))), 12, 30, -1)
-        paths.append(folder / f"{i:04d}.png")
+        paths.append(folder / f"{i:04d}.bmp")  # uncompressed, like a camera buffer: "read" is not a PNG codec
         cv2.imwrite(str(paths[-1]), cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
     return paths
 

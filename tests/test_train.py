@@ -98,12 +98,13 @@ def test_threshold_is_the_highest_that_reaches_target_recall():
 
 
 def test_pointing_game_counts_peaks_inside_masks():
-    maps = np.zeros((2, 4, 4), np.float32)
-    maps[0, 0, 0] = 1  # peak top-left
-    maps[1, 3, 3] = 1  # peak bottom-right
-    masks = np.zeros((2, 16, 16), bool)
-    masks[:, :4, :4] = True  # both defects top-left
-    assert pointing_game(maps, masks, tolerance_px=0) == 0.5
+    maps = np.zeros((3, 4, 4), np.float32)
+    maps[0, 0, 0] = 1  # peak in the top-left cell
+    maps[1, 3, 3] = 1  # peak in the bottom-right cell
+    maps[2, 0, 1] = 1  # peak in the cell right of the top-left one
+    masks = np.zeros((3, 16, 16), bool)
+    masks[:, 1:3, 1:3] = True  # every defect lies in the top-left cell (pixels 0-3)
+    assert pointing_game(maps, masks) == pytest.approx(1 / 3)
 
 
 def test_evaluate_writes_metrics_plots_and_report(tiny_run, synth32):

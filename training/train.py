@@ -172,7 +172,7 @@ def train(cfg: TrainConfig) -> dict:
     record = {
         **json.loads(cfg.model_dump_json()),
         "classes": ds.classes,
-        "dataset": {"root": str(ds.root), "layout": ds.layout, "counts": ds.counts(),
+        "dataset": {"root": str(ds.root.resolve()), "layout": ds.layout, "counts": ds.counts(),
                     "manifest_sha256": ds.manifest_sha256},
         "train_seconds": round(wall, 1),
         "epochs_run": len(history["loss"]),
