@@ -43,6 +43,7 @@ class MQTTTelemetry:
         self._in_flight: dict[int, int] = {}  # mid -> spool row id
         self._early: dict[int, float] = {}
         self._acked: list[int] = []
+        self._generation = 0  # bumped on every connect: a send loop from before must not move _last_sent
         self._last_sent = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition()
@@ -88,6 +89,7 @@ class MQTTTelemetry:
             self._in_flight.clear()
             self._early.clear()
             self._last_sent = 0  # replay the spool from its oldest event
+            self._generation += 1
         client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
         if self.cfg.commands:
             client.subscribe(f"{self.prefix}/cmd/+", qos=1)
@@ -162,12 +164,15 @@ class MQTTTelemetry:
                 self._early = {m: t for m, t in self._early.items() if t > stale}
                 room = MAX_IN_FLIGHT - len(self._in_flight)
                 rows = self.spool.after(self._last_sent, room) if room > 0 else []
+                generation = self._generation
             for row in rows:
                 # never hold our lock inside publish(): paho holds its own while it calls on_publish
                 info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break  # disconnected: the spool keeps it
                 with self._lock:
+                    if generation != self._generation:
+                        break  # reconnected meanwhile: the replay starts again from the oldest event
                     self._last_sent = row.id
                     self.counts["published"] += 1
                     if self._early.pop(info.mid, None) is not None:
