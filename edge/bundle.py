@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import QCError
 
-__all__ = ["FORMAT_VERSION", "BundleError", "Bundle", "load_bundle", "write_bundle", "check_tensors"]
+__all__ = ["FORMAT_VERSION", "BundleError", "Bundle", "load_bundle", "write_bundle", "check_tensors", "tensor_spec"]
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "name", "created", "labels", "input", "output", "threshold", "metrics",
@@ -111,7 +111,8 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(path, meta)
 
 
-def _tensor_spec(detail: dict) -> dict:
+def tensor_spec(detail: dict) -> dict:
+    """An interpreter tensor detail as model.json describes it."""
     scale, zp = detail["quantization"]
     return {"shape": [int(v) for v in detail["shape"]], "dtype": np.dtype(detail["dtype"]).name,
             "scale": float(scale), "zero_point": int(zp)}
@@ -129,7 +130,7 @@ def check_tensors(bundle: Bundle, inputs: list[dict], outputs: list[dict]) -> No
         if got is None:
             problems.append(f"{role} tensor '{want.get('name')}' is not in the model")
             continue
-        spec = _tensor_spec(got)
+        spec = tensor_spec(got)
         for key in ("shape", "dtype", "scale", "zero_point"):
             if key not in want:
                 continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["defect_map", "peak", "box"]
+__all__ = ["defect_map", "box"]
 
 
 def defect_map(cam: np.ndarray, good_index: int = 0) -> np.ndarray:
@@ -19,13 +19,6 @@ def defect_map(cam: np.ndarray, good_index: int = 0) -> np.ndarray:
 
 def _upsample(dmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(dmap.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-
-
-def peak(dmap: np.ndarray, shape: tuple[int, int]) -> tuple[int, int]:
-    """(x, y) of the map's maximum in an image of `shape` (height, width)."""
-    h, w = dmap.shape
-    iy, ix = np.unravel_index(int(np.argmax(dmap)), dmap.shape)
-    return min(shape[1] - 1, int((ix + 0.5) * shape[1] / w)), min(shape[0] - 1, int((iy + 0.5) * shape[0] / h))
 
 
 def box(dmap: np.ndarray, shape: tuple[int, int], level: float = 0.5,

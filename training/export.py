@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from edge.bundle import Bundle, BundleError, load_bundle, write_bundle
+from edge.bundle import Bundle, BundleError, load_bundle, tensor_spec, write_bundle
 from edge.classifiers import make_classifier
 from edge.classifiers.base import import_interpreter
 from edge.errors import QCError
@@ -66,9 +66,7 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
 
 
 def _tensor_meta(detail: dict, **extra) -> dict:
-    scale, zp = detail["quantization"]
-    return {"name": detail["name"], "shape": [int(v) for v in detail["shape"]],
-            "dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zp), **extra}
+    return {"name": detail["name"], **tensor_spec(detail), **extra}
 
 
 def _ops(model: bytes) -> list[str]:
