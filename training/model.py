@@ -62,15 +62,18 @@ def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: s
     except ValueError as exc:  # e.g. no imagenet weights for this alpha / size
         raise QCError(f"cannot build {arch} alpha={alpha} size={input_size} weights={weights}: {exc}") from exc
     base.name = "backbone"
-    if not pretrained_weights(weights):
+    pretrained = pretrained_weights(weights)
+    if not pretrained:
         # Keras applications use BatchNorm momentum 0.99-0.999, tuned for ImageNet-length runs; from scratch
         # on a few thousand images the moving statistics would lag for many epochs and make validation noise.
         for layer in base.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = 0.9
     inp = keras.Input((input_size, input_size, 3), name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inp) if arch == "mobilenet_v2" else inp
-    pretrained = pretrained_weights(weights)
+    x = inp
+    if arch == "mobilenet_v2":  # V3 rescales 0..255 itself; pretrained weights expect -1..1
+        x = (layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess") if pretrained
+             else Standardize(name="preprocess"))(inp)
     # keras-io transfer learning: a pretrained backbone keeps BatchNorm in inference mode, also when fine-tuned
     features = base(x, training=False) if pretrained else base(x)
     # max pooling keeps a small defect's response whole; averaging dilutes it by the feature map's area
