@@ -140,3 +140,13 @@ def test_quantization_math():
 def test_export_cli_help_names_modes():
     proc = subprocess.run([sys.executable, "-m", "qc", "export", "--help"], capture_output=True, text=True)
     assert "--float16" in proc.stdout and "--edgetpu" in proc.stdout
+
+
+def test_threshold_is_chosen_again_with_the_exported_models_scores(tiny_run, synth32, tmp_path):
+    from training.evaluate import evaluate
+
+    m = evaluate(tiny_run, synth32, target_recall=0.9)
+    export(tiny_run, tmp_path / "b", n_representative=16, allow_drop=True)
+    thr = load_bundle(tmp_path / "b").meta["threshold"]
+    assert thr["float_value"] == m["threshold"]["value"] and thr["chosen_with"] == "the int8 model"
+    assert thr["target_recall"] == 0.9 and 0 <= thr["value"] <= 1

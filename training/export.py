@@ -19,7 +19,7 @@ from edge.classifiers.base import import_interpreter
 from edge.errors import QCError
 from training import data
 from training import model as models
-from training.evaluate import binary_report
+from training.evaluate import binary_report, choose_threshold
 
 __all__ = ["EDGETPU_OPS", "convert", "export", "representative_indices"]
 
@@ -145,12 +145,20 @@ def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     bundle = write_bundle(staging, model, meta)
-    # float vs quantized on the test split, at the bundle's threshold
+    if evaluation:
+        # the threshold is chosen again on val with the exported model's own scores: a quantized output
+        # moves in steps (1/256 for uint8), and a low threshold can sit between two of them
+        x_val, y_val, _ = data.load_arrays(ds, "val", size)
+        lite_val = 1 - _tflite_scores(bundle, x_val)[:, 0]
+        threshold = threshold | {"value": choose_threshold(lite_val, y_val != 0, threshold["target_recall"]),
+                                 "float_value": threshold["value"], "chosen_with": f"the {mode} model"}
+        meta["threshold"] = threshold
+    # float vs exported on the test split, each at the threshold chosen for it
     x_test, y_test, _ = data.load_arrays(ds, "test", size)
     is_defect = y_test != 0
     float_scores = 1 - net.predict(x_test.astype(np.float32), verbose=0)[:, 0]
     lite_scores = 1 - _tflite_scores(bundle, x_test)[:, 0]
-    m_float = binary_report(float_scores, is_defect, threshold["value"])
+    m_float = binary_report(float_scores, is_defect, threshold.get("float_value", threshold["value"]))
     m_lite = binary_report(lite_scores, is_defect, threshold["value"])
     drop = {k: m_float[k] - m_lite[k] for k in ("f1", "recall")}
     meta["metrics"] = {"split": "test", "n": int(len(y_test)), "float": m_float, mode: m_lite, "drop": drop,
