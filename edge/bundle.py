@@ -66,15 +66,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_bundle(out: Path, model: bytes, meta: dict, force: bool = False, model_file: str = "model.tflite",
-                 extra_files: dict[str, bytes] | None = None) -> Bundle:
+def write_bundle(out: Path, model: bytes, meta: dict, force: bool = False, model_file: str = "model.tflite") -> Bundle:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
     out.mkdir(parents=True, exist_ok=True)
     (out / model_file).write_bytes(model)
-    for name, blob in (extra_files or {}).items():
-        (out / name).write_bytes(blob)
     meta = {"format_version": FORMAT_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **meta, "model_file": model_file, "sha256": hashlib.sha256(model).hexdigest()}
     missing = [k for k in REQUIRED if k not in meta]

@@ -291,8 +291,8 @@ class Runtime:
                 if time.monotonic() >= next_stats:
                     next_stats += self.cfg.stats_interval_s
                     on_stats(Stats.line(self._publish_stats()))
-                    if self.cfg.reload_watch and self._bundle_mtime() != self._watch:
-                        self._watch = self._bundle_mtime()
+                    if self.cfg.reload_watch and (mtime := self._bundle_mtime()) != self._watch:
+                        self._watch = mtime
                         self.reload()
         except BaseException:
             self.gate.safe()

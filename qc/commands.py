@@ -272,7 +272,7 @@ def edge_config(a):
         overrides["bundle"] = str(a.bundle)
     if a.source:
         overrides.update({"source.path": a.source, "source.kind": _source_kind(a.source)})
-    if getattr(a, "rate", None):
+    if a.rate:
         overrides["source.rate_hz"] = a.rate
     if a.gpio:
         overrides["gpio.backend"] = a.gpio
@@ -286,25 +286,31 @@ def edge_config(a):
 def run(a):
     import signal
 
+    runtime = make_runtime(edge_config(a), a.events)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: runtime.stop_event.set())
+    final = runtime.run(duration=a.duration, max_parts=a.max_parts)
+    return final
+
+
+def make_runtime(cfg, events: Path | None = None):
+    """The runtime with its telemetry: MQTT when enabled (taking commands unless turned off), in memory
+    otherwise, and every inspection also appended to `events` (JSONL) when given."""
     from edge.pipeline import Runtime
     from edge.telemetry import MemoryTelemetry
 
-    cfg = edge_config(a)
     mqtt = None
     telemetry = MemoryTelemetry()
     if cfg.mqtt.enabled:
         from firmware_io.mqtt.client import MQTTTelemetry
 
         telemetry = mqtt = MQTTTelemetry(cfg.mqtt, cfg.line, cfg.station)
-    if a.events:
-        telemetry = JsonlTee(telemetry, a.events)
+    if events:
+        telemetry = JsonlTee(telemetry, events)
     runtime = Runtime(cfg, telemetry)
     if mqtt and cfg.mqtt.commands:
         mqtt.on_command(runtime.command)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: runtime.stop_event.set())
-    final = runtime.run(duration=a.duration, max_parts=a.max_parts)
-    return final
+    return runtime
 
 
 class JsonlTee:

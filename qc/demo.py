@@ -54,12 +54,10 @@ def _gallery(store: Path, limit: int = 48) -> str:
 
 def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
     from edge.config import validate_config
-    from edge.pipeline import Runtime
     from firmware_io.mqtt.broker import EmbeddedBroker, free_port
-    from firmware_io.mqtt.client import MQTTTelemetry
     from firmware_io.mqtt.collector import Collector
     from firmware_io.mqtt.config import MQTTConfig
-    from qc.commands import JsonlTee
+    from qc.commands import make_runtime
     from training.evaluate import evaluate
     from training.export import export
     from training.synth import SynthConfig, generate
@@ -111,11 +109,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
             "store": {"dir": str(out / "rejects"), "max_files": 1000},
             "gpio": {"backend": "sim", "gate": {"delay_ms": 400, "pulse_ms": 20, "min_gap_ms": 5}},
             "mqtt": mqtt_cfg.model_dump() | {"enabled": True}})
-        mqtt = MQTTTelemetry(cfg.mqtt, cfg.line, cfg.station)
         events_path = out / "events.jsonl"
-        runtime = Runtime(cfg, JsonlTee(mqtt, events_path))
-        mqtt.on_command(runtime.command)
-        final = runtime.run()
+        final = make_runtime(cfg, events_path).run()
         deadline = time.monotonic() + 20
         while collector.counts["inspections"] < recipe["parts"] and time.monotonic() < deadline:
             time.sleep(0.1)

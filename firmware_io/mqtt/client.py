@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.mqtt.spool import Spool, SpoolFull
 
-__all__ = ["MQTTTelemetry", "prefix_for"]
+__all__ = ["MQTTTelemetry", "new_client", "prefix_for"]
 
 log = logging.getLogger("qc.mqtt")
 MAX_IN_FLIGHT = 64
@@ -28,6 +28,20 @@ MAX_IN_FLIGHT = 64
 
 def prefix_for(cfg: MQTTConfig, line: str, station: str) -> str:
     return cfg.prefix or f"qc/{line}/{station}"
+
+
+def new_client(cfg: MQTTConfig, client_id: str, clean_session: bool) -> mqtt.Client:
+    """A paho 2.x client with the config's credentials, TLS and reconnect backoff (not yet connected)."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=clean_session)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls:
+        client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                       certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                       keyfile=str(cfg.key_file) if cfg.key_file else None)
+    client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=round(cfg.reconnect_max_s))
+    return client
 
 
 class MQTTTelemetry:
@@ -56,16 +70,8 @@ class MQTTTelemetry:
         self._sender.start()
 
     def _make_client(self, cfg: MQTTConfig, default_id: str) -> mqtt.Client:
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cfg.client_id or default_id,
-                             clean_session=True)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                           certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                           keyfile=str(cfg.key_file) if cfg.key_file else None)
+        client = new_client(cfg, cfg.client_id or default_id, clean_session=True)
         client.will_set(f"{self.prefix}/status", "offline", qos=1, retain=True)  # before connect
-        client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=round(cfg.reconnect_max_s))
         client.max_inflight_messages_set(MAX_IN_FLIGHT)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

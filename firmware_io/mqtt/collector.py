@@ -12,9 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from firmware_io.mqtt.client import new_client
 from firmware_io.mqtt.config import MQTTConfig
 
 __all__ = ["Collector", "open_db"]
@@ -43,13 +41,7 @@ class Collector:
         self._lock = threading.Lock()
         self.counts = {"inspections": 0, "duplicates": 0, "stats": 0, "alarms": 0, "bad": 0}
         self.connected = threading.Event()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=False)
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            self.client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
-        self.client.reconnect_delay_set(1, max(1, round(cfg.reconnect_max_s)))
+        self.client = new_client(cfg, client_id, clean_session=False)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
