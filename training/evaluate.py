@@ -31,11 +31,10 @@ def choose_threshold(scores: np.ndarray, is_defect: np.ndarray, target_recall: f
     return float(defect_scores[k - 1])
 
 
-def binary_report(scores: np.ndarray, is_defect: np.ndarray, threshold: float) -> dict:
-    rejected = scores >= threshold
+def decision_report(rejected: np.ndarray, is_defect: np.ndarray) -> dict:
+    """Defect-vs-good figures of a set of reject decisions."""
     p, r, f1, _ = skm.precision_recall_fscore_support(is_defect, rejected, average="binary", zero_division=0)
     return {
-        "threshold": float(threshold),
         "accuracy": float(skm.accuracy_score(is_defect, rejected)),
         "precision": float(p),
         "recall": float(r),
@@ -43,6 +42,10 @@ def binary_report(scores: np.ndarray, is_defect: np.ndarray, threshold: float) -
         "false_reject_rate": float(rejected[~is_defect].mean()) if (~is_defect).any() else 0.0,
         "escape_rate": float((~rejected[is_defect]).mean()) if is_defect.any() else 0.0,
     }
+
+
+def binary_report(scores: np.ndarray, is_defect: np.ndarray, threshold: float) -> dict:
+    return {"threshold": float(threshold), **decision_report(scores >= threshold, is_defect)}
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray) -> float:
@@ -136,7 +139,8 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
         "run": str(run), "dataset": str(data_dir), "split": split, "n": int(len(y)), "classes": ds.classes,
         "accuracy": float(skm.accuracy_score(y, pred)),
         "macro_f1": float(np.mean(f)),
-        "binary_argmax": binary_report(scores, is_defect, 0.5) | {"threshold": "argmax"},
+        # argmax decides "defect" when p(good) is not the largest class score
+        "binary_argmax": {"threshold": "argmax", **decision_report(pred != 0, is_defect)},
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, c in enumerate(ds.classes)},
         "confusion_matrix": cm.tolist(),
@@ -146,13 +150,6 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
                       "val": binary_report(val_scores, y_val != 0, threshold),
                       "test": binary_report(scores, is_defect, threshold)},
     }
-    # argmax decides "defect" when p(good) is not the largest; report it as such, not as score >= 0.5
-    flagged = pred != 0
-    pa, ra, fa, _ = skm.precision_recall_fscore_support(is_defect, flagged, average="binary", zero_division=0)
-    m["binary_argmax"].update(accuracy=float(skm.accuracy_score(is_defect, flagged)), precision=float(pa),
-                              recall=float(ra), f1=float(fa),
-                              false_reject_rate=float(flagged[~is_defect].mean()) if (~is_defect).any() else 0.0,
-                              escape_rate=float((~flagged[is_defect]).mean()) if is_defect.any() else 0.0)
     maps = np.stack([defect_map(c, good_index=0) for c in cams])
     with_mask = is_defect & masks.reshape(len(masks), -1).any(1)
     if with_mask.any():
