@@ -19,6 +19,7 @@ from edge.errors import QCError
 __all__ = ["FORMAT_VERSION", "BundleError", "Bundle", "load_bundle", "write_bundle", "check_tensors", "tensor_spec"]
 
 FORMAT_VERSION = 1
+OUTPUT_KINDS = ("softmax", "logits")  # what the classifier output holds; the edge applies softmax to logits
 REQUIRED = ("format_version", "name", "created", "labels", "input", "output", "threshold", "metrics",
             "training", "sha256", "model_file")
 
@@ -98,6 +99,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{meta_path}: missing field(s) {missing}")
     if "good" not in meta["labels"]:
         raise BundleError(f"{meta_path}: labels {meta['labels']} have no 'good' class")
+    kind = meta["output"].get("kind", "softmax")
+    if kind not in OUTPUT_KINDS:
+        raise BundleError(f"{meta_path}: output kind {kind!r} is not known (this runtime reads {list(OUTPUT_KINDS)})")
     model = path / meta["model_file"]
     if not model.is_file():
         raise BundleError(f"{path}: {meta['model_file']} is missing")

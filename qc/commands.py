@@ -190,6 +190,8 @@ def _export_args(p):
     mode.add_argument("--float32", dest="mode", action="store_const", const="float32")
     p.add_argument("--io", choices=["uint8", "int8"], default="uint8", help="int8 model input/output type")
     p.add_argument("--representative", type=int, default=200, help="calibration images from the train split")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one scale per weight tensor instead of per channel: a smaller file, checked for accuracy")
     p.add_argument("--data", type=Path, help="dataset (default: the one the run was trained on)")
     p.add_argument("--max-drop", type=float, default=0.01, help="largest allowed loss of binary F1 or recall")
     p.add_argument("--allow-drop", action="store_true", help="export even when the quantized model loses more")
@@ -206,7 +208,7 @@ def export(a):
     if a.representative < 1:
         raise QCError("--representative must be at least 1")
     return run_export(a.run, a.out, a.mode or "int8", a.io, a.representative, a.max_drop, a.allow_drop,
-                      a.edgetpu, a.force, a.data)
+                      a.edgetpu, a.force, a.data, per_channel=not a.per_tensor)
 
 
 def _bundle_args(p):

@@ -26,7 +26,7 @@ def test_bundle_has_every_contract_field(bundle_dir, tiny_run):
                 "training", "sha256"):
         assert key in meta
     assert meta["input"]["dtype"] == "uint8" and meta["output"]["dtype"] == "uint8"
-    assert meta["input"]["color"] == "rgb" and meta["output"]["kind"] == "softmax"
+    assert meta["input"]["color"] == "rgb" and meta["output"]["kind"] == "logits"
     assert meta["labels"] == json.loads((tiny_run / "config.json").read_text())["classes"]
     assert meta["cam"]["shape"][-1] == len(meta["labels"])
     assert {"float", "int8", "drop"} <= set(meta["metrics"])
@@ -78,6 +78,9 @@ def test_unknown_format_and_mismatched_tensors_are_named(bundle_dir, tmp_path):
     meta = json.loads((b / "model.json").read_text())
     (b / "model.json").write_text(json.dumps(meta | {"format_version": 99}))
     with pytest.raises(BundleError, match="format_version 99 is not known"):
+        load_bundle(b)
+    (b / "model.json").write_text(json.dumps(meta | {"output": meta["output"] | {"kind": "sigmoid"}}))
+    with pytest.raises(BundleError, match="output kind 'sigmoid' is not known"):
         load_bundle(b)
     meta["input"]["shape"] = [1, 64, 64, 3]
     meta["output"]["zero_point"] = 7
@@ -150,3 +153,44 @@ def test_threshold_is_chosen_again_with_the_exported_models_scores(tiny_run, syn
     thr = load_bundle(tmp_path / "b").meta["threshold"]
     assert thr["float_value"] == m["threshold"]["value"] and thr["chosen_with"] == "the int8 model"
     assert thr["target_recall"] == 0.9 and 0 <= thr["value"] <= 1
+
+
+def _lite_outputs(model: bytes, x: np.ndarray) -> np.ndarray:
+    from edge.classifiers.base import import_interpreter
+
+    it = import_interpreter()[0](model_content=model)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    rows = []
+    for img in x:
+        it.set_tensor(i["index"], img[None])
+        it.invoke()
+        rows.append(dequantize(it.get_tensor(o["index"])[0], *o["quantization"]))
+    return np.stack(rows)
+
+
+def test_quantized_logits_keep_small_defect_scores_that_a_quantized_softmax_loses():
+    import keras
+
+    from edge.classifiers.base import softmax
+
+    # defect score = 1 - p(good) from about 0.001 to 0.02, where a reject threshold for 99 % recall can sit
+    inp = keras.Input((8, 8, 3))
+    logits = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(inp))
+    net = keras.Model(inp, logits)
+    net.get_layer("head").set_weights([np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]) / 255, np.array([0.0, -7.0])])
+    x = np.repeat(np.linspace(0, 255, 64).astype(np.uint8), 8 * 8 * 3).reshape(64, 8, 8, 3)
+    truth = 1 - softmax(net.predict(x.astype(np.float32), verbose=0))[:, 0]
+    with_softmax = keras.Model(inp, keras.layers.Softmax()(logits))
+    from_probs = 1 - _lite_outputs(convert(with_softmax, "int8", x), x)[:, 0]
+    from_logits = 1 - softmax(_lite_outputs(convert(net, "int8", x), x))[:, 0]
+    assert np.abs(from_logits / truth - 1).max() < 0.2
+    assert np.abs(from_probs / np.maximum(truth, 1e-9) - 1).max() > 0.5  # steps of 1/256 cannot follow
+
+
+def test_per_tensor_weights_make_a_smaller_bundle(bundle_dir, tiny_run, tmp_path):
+    export(tiny_run, tmp_path / "pt", n_representative=16, allow_drop=True, per_channel=False)
+    pt = load_bundle(tmp_path / "pt")
+    assert pt.meta["quantization"]["weights"] == "per-tensor"
+    assert load_bundle(bundle_dir).meta["quantization"]["weights"] == "per-channel"
+    assert pt.model_path.stat().st_size < 0.9 * load_bundle(bundle_dir).model_path.stat().st_size

@@ -69,6 +69,17 @@ def test_mobilenet_v3_builds_with_preprocessing_inside():
     assert "preprocess" not in {layer.name for layer in net.layers}
 
 
+def test_standardize_removes_brightness_and_contrast_from_a_sampled_grid():
+    from training.model import Standardize
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(60, 120, (2, 224, 224, 3)).astype(np.float32)
+    y = np.asarray(Standardize()(x))
+    assert np.abs(y.mean(axis=(1, 2, 3))).max() < 0.05 and np.abs(y.std(axis=(1, 2, 3)) - 1).max() < 0.05
+    # the same part under a brighter, harder lamp looks the same to the network
+    assert np.abs(np.asarray(Standardize()(1.5 * x + 40)) - y).max() < 0.05
+
+
 def test_optimizers_and_class_weights():
     base = dict(data=".", out=".")
     assert isinstance(_optimizer(TrainConfig(**base, optimizer="sgd"), 0.1), keras.optimizers.SGD)

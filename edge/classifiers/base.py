@@ -28,6 +28,12 @@ def import_interpreter():
     return Interpreter, load_delegate
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Over the last axis."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 @dataclass
 class Result:
     scores: np.ndarray  # float32 per class, sums to about 1
@@ -52,6 +58,7 @@ class Classifier:
         cam = bundle.meta.get("cam")
         self._cam = by_name[cam["name"]] if cam else None
         self.input_dtype = np.dtype(self._in["dtype"])
+        self._logits = bundle.meta["output"].get("kind", "softmax") == "logits"
 
     def _make_interpreter(self, num_threads: int):
         raise NotImplementedError
@@ -65,6 +72,8 @@ class Classifier:
         self.interpreter.set_tensor(self._in["index"], quantize(rgb, self.input_dtype, scale or 1.0, zp)[None])
         self.interpreter.invoke()
         scores = dequantize(self.interpreter.get_tensor(self._out["index"])[0], *self._out["quantization"])
+        if self._logits:
+            scores = softmax(scores)
         cam = None
         if self._cam is not None:
             cam = dequantize(self.interpreter.get_tensor(self._cam["index"])[0], *self._cam["quantization"])
