@@ -1,9 +1,10 @@
-"""What the runtime hands its events to. MQTT implements it (firmware_io.mqtt); MemoryTelemetry keeps them
-in lists for tests and for runs without a broker."""
+"""What the runtime hands its events to. MQTT implements it (firmware_io.mqtt); MemoryTelemetry keeps the
+latest ones for tests and for runs without a broker."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Protocol
 
 __all__ = ["Telemetry", "MemoryTelemetry"]
@@ -17,10 +18,12 @@ class Telemetry(Protocol):
 
 
 class MemoryTelemetry:
-    def __init__(self):
-        self.inspections: list[dict] = []
-        self.stats_: list[dict] = []
-        self.alarms: list[dict] = []
+    """The last `keep` events of each kind: a run without a broker must not grow without bound."""
+
+    def __init__(self, keep: int = 10_000):
+        self.inspections: deque[dict] = deque(maxlen=keep)
+        self.stats_: deque[dict] = deque(maxlen=keep)
+        self.alarms: deque[dict] = deque(maxlen=keep)
         self._lock = threading.Lock()
 
     def inspection(self, event: dict) -> None:

@@ -26,6 +26,8 @@ def test_bundle_has_every_contract_field(bundle_dir, tiny_run):
                 "training", "sha256"):
         assert key in meta
     assert meta["input"]["dtype"] == "uint8" and meta["output"]["dtype"] == "uint8"
+    # calibrated to the whole pixel range: camera pixels go in as they are, none clipped
+    assert meta["input"]["scale"] == 1.0 and meta["input"]["zero_point"] == 0
     assert meta["input"]["color"] == "rgb" and meta["output"]["kind"] == "logits"
     assert meta["labels"] == json.loads((tiny_run / "config.json").read_text())["classes"]
     assert meta["cam"]["shape"][-1] == len(meta["labels"])

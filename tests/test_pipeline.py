@@ -65,6 +65,13 @@ def test_every_part_gets_exactly_one_decision(bundle_dir, synth32, tmp_path):
     assert all(e["model"]["sha256"] == rt.bundle.sha256 for e in tel.inspections)
 
 
+def test_memory_telemetry_keeps_only_the_latest_events():
+    tel = MemoryTelemetry(keep=3)
+    for i in range(5):
+        tel.inspection({"seq": i})
+    assert [e["seq"] for e in tel.inspections] == [2, 3, 4]
+
+
 def test_corrupt_frame_is_a_failsafe_reject(bundle_dir, synth32, tmp_path):
     src = frames(synth32, tmp_path, n=4)
     (src / "002.png").write_bytes(b"\x89PNG garbage")

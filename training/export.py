@@ -61,6 +61,9 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
         if rep_x is None or rep_x.ndim != 4 or tuple(rep_x.shape[1:]) != expected:
             raise QCError(f"representative images of shape {None if rep_x is None else rep_x.shape[1:]} "
                           f"do not match the model input {expected}")
+        # a black and a white frame calibrate the input tensor to the whole 0..255 range: a part brighter than
+        # any in training is not clipped, and camera pixels go in as they are (scale 1, zero point 0, no copy)
+        rep_x = np.concatenate([rep_x, np.zeros_like(rep_x[:1]), np.full_like(rep_x[:1], 255)])
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in rep_x)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
