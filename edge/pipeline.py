@@ -103,11 +103,16 @@ class Runtime:
         frame = part.frame
         reason = d.reason
         if d.decision == "reject":
-            sched = self.gate.schedule(part.stamp)
-            if sched.late:
-                reason = "late"
-                self.alarm("late", f"part {frame.seq} decided after its reject window"
-                           + ("" if sched.fired else "; not fired (gate.late_policy skip)"), seq=frame.seq)
+            try:
+                sched = self.gate.schedule(part.stamp)
+            except QCError as exc:  # the part is decided and published all the same; people must act
+                reason = "gate_overflow"
+                self.alarm("gate_overflow", f"part {frame.seq} not rejected: {exc}", seq=frame.seq)
+            else:
+                if sched.late:
+                    reason = "late"
+                    self.alarm("late", f"part {frame.seq} decided after its reject window"
+                               + ("" if sched.fired else "; not fired (gate.late_policy skip)"), seq=frame.seq)
         now = time.monotonic()
         latency = (now - frame.stamp) * 1000
         event = {
@@ -125,7 +130,10 @@ class Runtime:
             with self._store_lock:  # parts finish on three threads
                 if self.store.wants(d.decision) or self.snapshot_next.is_set():
                     self.snapshot_next.clear()
-                    self.store.save(frame.image, event)
+                    try:
+                        self.store.save(frame.image, event)
+                    except OSError as exc:  # a full disk loses the review copy, not the line
+                        self.alarm("store_failed", f"reject of part {frame.seq} not saved: {exc}")
         self.stats.add(d.decision, reason, {"end_to_end": latency, **part.t})
 
     # --- threads -----------------------------------------------------------------------------------------

@@ -130,6 +130,16 @@ def test_full_queue_and_deadline_give_failsafe_rejects_never_drops(bundle_dir, s
             assert e["decision"] == "reject"
 
 
+def test_a_gate_with_too_many_parts_in_flight_alarms_and_the_line_keeps_going(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=6)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, gpio__gate__max_in_flight=2,
+                           store__dir=None)
+    final = rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 6)
+    assert final["counts"]["reason"] == {"defect": 2, "gate_overflow": 4}
+    assert [a["kind"] for a in tel.alarms] == ["gate_overflow"] * 4
+
+
 def test_decision_after_the_gate_window_is_late(bundle_dir, synth32, tmp_path):
     src = frames(synth32, tmp_path, n=4)
     rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, gpio__gate__delay_ms=1)
