@@ -95,7 +95,7 @@ def _train_args(p):
     p.add_argument("--alpha", type=float, help="width multiplier (default 0.35)")
     p.add_argument("--input-size", type=int, help="model input side in pixels (default 128)")
     p.add_argument("--weights", help="none (default, from scratch) | imagenet | path to a weights file")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 25)")
     p.add_argument("--head-epochs", type=int, help="epochs with a frozen pretrained backbone (default 5)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"])
@@ -109,6 +109,8 @@ def _train_args(p):
     p.add_argument("--mask-supervision", type=float,
                    help="weight of the activation-map loss on images with masks (default 1; 0 turns it off)")
     p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    p.add_argument("--lr-schedule", choices=["plateau", "cosine"],
+                   help="plateau (default): cut the rate when val loss stalls; cosine: decay it over the epochs")
     p.add_argument("--steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images")

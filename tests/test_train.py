@@ -8,7 +8,7 @@ from edge.errors import QCError
 from qc.cli import main
 from training import model as models
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
-from training.train import TrainConfig, _class_weights, _optimizer, train
+from training.train import TrainConfig, _class_weights, _optimizer, _rate, train
 
 from .conftest import TINY
 
@@ -87,6 +87,15 @@ def test_optimizers_and_class_weights():
     assert isinstance(_optimizer(TrainConfig(**base, optimizer="rmsprop"), 0.1), keras.optimizers.RMSprop)
     w = _class_weights(np.array([0, 0, 0, 1]), 2)
     assert w[1] == 3 * w[0]
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run(synth32, tmp_path):
+    cfg = TrainConfig(data=synth32, out=tmp_path / "cos", **(TINY | {"lr_schedule": "cosine"}))
+    rate = _rate(cfg, 0.01, epochs=4, steps_per_epoch=10)
+    assert float(rate(0)) == pytest.approx(0.01) and float(rate(20)) == pytest.approx(0.005)
+    assert float(rate(40)) == pytest.approx(0.0, abs=1e-9)
+    assert _rate(TrainConfig(data=".", out="."), 0.01, 4, 10) == 0.01  # plateau: a number the callback cuts
+    assert train(cfg)["lr_schedule"] == "cosine"
 
 
 def test_cam_model_matches_the_classifier(tiny_run):

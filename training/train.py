@@ -34,11 +34,11 @@ class TrainConfig(BaseModel):
     alpha: float = Field(0.35, gt=0, le=1.4, description="width multiplier of the backbone")
     input_size: int = Field(128, ge=32, le=512, description="square model input side in pixels")
     weights: str = Field("none", description="'none' (from scratch), 'imagenet', or a local weights file")
-    epochs: int = Field(30, ge=1, description="maximum epochs (early stopping may end sooner)")
+    epochs: int = Field(25, ge=1, description="maximum epochs (early stopping may end sooner)")
     head_epochs: int = Field(5, ge=0, description="with pretrained weights: epochs with the backbone frozen")
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam")
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(2e-3, gt=0, description="initial rate; reduced on plateau")
     fine_tune_learning_rate: float = Field(1e-4, gt=0, description="after unfreezing a pretrained backbone")
     momentum: float = Field(0.9, ge=0, lt=1, description="for sgd")
     weight_decay: float = Field(1e-4, ge=0, description="decoupled L2 weight decay in the optimizer")
@@ -48,6 +48,8 @@ class TrainConfig(BaseModel):
     mask_supervision: float = Field(1.0, ge=0, description="weight of the activation-map loss on images with "
                                     "defect masks (0: image labels only)")
     patience: int = Field(8, ge=1, description="early stopping patience on val loss (epochs)")
+    lr_schedule: Literal["plateau", "cosine"] = Field(
+        "plateau", description="plateau: cut the rate when val loss stalls; cosine: decay it to zero over the epochs")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap batches per epoch (quick runs)")
     seed: int = Field(0)
     skip_bad: bool = Field(False, description="skip unreadable images instead of failing")
@@ -99,20 +101,27 @@ def masked_sparse_ce(y_true, y_pred):
     return keras.ops.sum(ce * valid, axis=(1, 2)) / keras.ops.maximum(keras.ops.sum(valid, axis=(1, 2)), 1.0)
 
 
+def _rate(cfg: TrainConfig, lr: float, epochs: int, steps_per_epoch: int):
+    """The learning rate the optimizer gets: a number (cut on plateau by a callback) or a cosine schedule."""
+    return keras.optimizers.schedules.CosineDecay(lr, epochs * steps_per_epoch) if cfg.lr_schedule == "cosine" else lr
+
+
 def _fit(net, trainer, cfg, phase, lr, epochs, train_ds, val_ds, val_x, val_y, history):
+    rate = _rate(cfg, lr, epochs, cfg.steps_per_epoch or int(train_ds.cardinality()))
     if trainer is net:
-        trainer.compile(optimizer=_optimizer(cfg, lr), loss="sparse_categorical_crossentropy",
+        trainer.compile(optimizer=_optimizer(cfg, rate), loss="sparse_categorical_crossentropy",
                         metrics=["accuracy"])
     else:
-        trainer.compile(optimizer=_optimizer(cfg, lr),
+        trainer.compile(optimizer=_optimizer(cfg, rate),
                         loss={"probs": "sparse_categorical_crossentropy", "cam": masked_sparse_ce},
                         loss_weights={"probs": 1.0, "cam": cfg.mask_supervision}, metrics={"probs": ["accuracy"]})
     callbacks = [
         EpochLine(net, val_x, val_y, cfg.batch_size, phase),
         keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, cfg.patience // 3),
-                                          min_lr=lr / 100),
     ]
+    if cfg.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, cfg.patience // 3),
+                                                           min_lr=lr / 100))
     h = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=cfg.steps_per_epoch,
                     callbacks=callbacks, verbose=0)
     for key, values in h.history.items():
