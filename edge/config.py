@@ -5,6 +5,7 @@ Loading YAML is separate from validating; a typo names the key. `deploy/edge.exa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,9 @@ class _Strict(BaseModel):
 
 class ClassifierConfig(_Strict):
     backend: Literal["auto", "cpu", "edgetpu"] = Field("auto", description="auto: Edge TPU for _edgetpu models")
-    num_threads: int = Field(2, ge=1, le=16, description="LiteRT CPU threads (XNNPACK)")
+    num_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1, le=16,
+                             description="LiteRT CPU threads (XNNPACK); default: one fewer than the CPU cores, "
+                             "which leaves a core for capture and preprocessing")
 
 
 class SourceConfig(_Strict):
