@@ -8,6 +8,7 @@ rejected fail-safe with its reason, unless the config passes such parts on purpo
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -95,9 +96,18 @@ class Runtime:
 
     def alarm(self, kind: str, message: str, **extra) -> None:
         self.stats.count(f"alarm_{kind}")
-        self.telemetry.alarm(kind, message, **extra)
+        self._tell(self.telemetry.alarm, kind, message, **extra)
         if kind != "late":
             self.light.set("warning")
+
+    def _tell(self, fn, *args, **kwargs) -> None:
+        """Hand an event to telemetry. If telemetry itself fails (a full disk under the spool), say so on
+        stderr and count it: the part has its decision and the gate its pulse either way."""
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            self.stats.count("telemetry_failed")
+            print(f"[qc] telemetry failed: {exc}", file=sys.stderr, flush=True)
 
     def _finish(self, part: _Part, d: Decision, bbox=None) -> None:
         frame = part.frame
@@ -125,14 +135,14 @@ class Runtime:
         }
         if frame.error:
             event["error"] = frame.error
-        self.telemetry.inspection(event)
+        self._tell(self.telemetry.inspection, event)
         if self.store:
             with self._store_lock:  # parts finish on three threads
                 if self.store.wants(d.decision) or self.snapshot_next.is_set():
                     self.snapshot_next.clear()
                     try:
                         self.store.save(frame.image, event)
-                    except OSError as exc:  # a full disk loses the review copy, not the line
+                    except Exception as exc:  # a full disk loses the review copy, not the line
                         self.alarm("store_failed", f"reject of part {frame.seq} not saved: {exc}")
         self.stats.add(d.decision, reason, {"end_to_end": latency, **part.t})
 
@@ -218,8 +228,11 @@ class Runtime:
             if d.decision == "reject" and result.cam is not None and part.frame.image is not None:
                 roi = self.cfg.pipeline.roi
                 shape = (roi[3], roi[2]) if roi else part.frame.image.shape[:2]
-                bbox = box(defect_map(result.cam, self.bundle.good_index), shape,
-                           offset=(roi[0], roi[1]) if roi else (0, 0))
+                try:
+                    bbox = box(defect_map(result.cam, self.bundle.good_index), shape,
+                               offset=(roi[0], roi[1]) if roi else (0, 0))
+                except Exception as exc:  # the decision stands without a box
+                    self.alarm("localize_failed", f"part {part.frame.seq}: {exc}")
             self._finish(part, d, bbox)
 
     # --- control -----------------------------------------------------------------------------------------

@@ -133,11 +133,34 @@ def test_full_queue_and_deadline_give_failsafe_rejects_never_drops(bundle_dir, s
 def test_a_gate_with_too_many_parts_in_flight_alarms_and_the_line_keeps_going(bundle_dir, synth32, tmp_path):
     src = frames(synth32, tmp_path, n=6)
     rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, gpio__gate__max_in_flight=2,
-                           store__dir=None)
+                           store__dir=None, pipeline__queue_size=16)
     final = rt.run(on_stats=lambda line: None)
     check_one_decision_each(tel, 6)
     assert final["counts"]["reason"] == {"defect": 2, "gate_overflow": 4}
     assert [a["kind"] for a in tel.alarms] == ["gate_overflow"] * 4
+
+
+class DiskFullTelemetry(MemoryTelemetry):
+    def inspection(self, event):
+        if event["seq"] == 2:
+            raise OSError(28, "No space left on device")
+        super().inspection(event)
+
+
+def test_failing_telemetry_or_reject_store_never_stops_the_line(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=5)
+    rt, _ = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, source__rate_hz=100)
+    rt.telemetry = tel = DiskFullTelemetry()
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    rt.store.save = full_disk
+    final = rt.run(on_stats=lambda line: None)
+    assert final["counts"]["parts"] == 5 and final["counts"]["telemetry_failed"] == 1
+    assert sorted(e["seq"] for e in tel.inspections) == [0, 1, 3, 4]
+    assert rt.gate.counts["fired"] == 5  # every reject still fired the gate
+    assert [a["kind"] for a in tel.alarms] == ["store_failed"] * 5
 
 
 def test_decision_after_the_gate_window_is_late(bundle_dir, synth32, tmp_path):
