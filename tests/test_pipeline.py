@@ -16,7 +16,8 @@ from edge.telemetry import MemoryTelemetry
 
 
 def make_runtime(bundle_dir, source_dir, tmp_path, **over):
-    values = {"bundle": str(bundle_dir), "source": {"kind": "folder", "path": str(source_dir)},
+    # paced, so that a loaded CI machine does not overflow the queue unless a test wants it to
+    values = {"bundle": str(bundle_dir), "source": {"kind": "folder", "path": str(source_dir), "rate_hz": 200},
               "store": {"dir": str(tmp_path / "rejects")}, "stats_interval_s": 0.2,
               "gpio": {"gate": {"delay_ms": 2000, "pulse_ms": 2, "min_gap_ms": 0}}}
     for key, value in over.items():
@@ -133,7 +134,7 @@ def test_full_queue_and_deadline_give_failsafe_rejects_never_drops(bundle_dir, s
 def test_a_gate_with_too_many_parts_in_flight_alarms_and_the_line_keeps_going(bundle_dir, synth32, tmp_path):
     src = frames(synth32, tmp_path, n=6)
     rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, gpio__gate__max_in_flight=2,
-                           store__dir=None, pipeline__queue_size=16)
+                           store__dir=None)
     final = rt.run(on_stats=lambda line: None)
     check_one_decision_each(tel, 6)
     assert final["counts"]["reason"] == {"defect": 2, "gate_overflow": 4}
