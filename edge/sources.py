@@ -64,9 +64,13 @@ class FolderSource:
             for path in self.files:
                 pace.wait()
                 stamp = time.monotonic()
-                buf = np.fromfile(path, np.uint8)
-                img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-                yield Frame(seq, stamp, img, str(path), None if img is not None else f"cannot decode {path}")
+                try:
+                    buf = np.fromfile(path, np.uint8)
+                except OSError as exc:  # removed or unreadable since the scan: a fail-safe reject, not a stop
+                    yield Frame(seq, stamp, None, str(path), f"cannot read {path}: {exc.strerror or exc}")
+                else:
+                    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+                    yield Frame(seq, stamp, img, str(path), None if img is not None else f"cannot decode {path}")
                 seq += 1
             if not self.cfg.loop:
                 return

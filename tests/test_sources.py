@@ -17,6 +17,17 @@ from edge.sources import VideoSource, make_source
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_a_folder_image_removed_after_the_scan_is_a_frame_without_image(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8, 3), 50 * i, np.uint8))
+    frames = iter(make_source(SourceConfig(kind="folder", path=str(tmp_path))))
+    assert next(frames).image is not None
+    (tmp_path / "1.png").unlink()
+    gone, last = next(frames), next(frames)
+    assert gone.image is None and "cannot read" in gone.error and gone.seq == 1
+    assert last.image is not None and last.seq == 2
+
+
 def test_video_file_frames_in_order(tmp_path):
     path = tmp_path / "line.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
