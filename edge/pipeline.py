@@ -290,7 +290,7 @@ class Runtime:
         snap = self.stats.snapshot() | {"gate": dict(self.gate.counts) | {"timing": self.gate.timing()},
                                         "threshold": self.threshold,
                                         "model": self.bundle.meta["name"], "paused": self.paused.is_set()}
-        self.telemetry.stats(snap)
+        self._tell(self.telemetry.stats, snap)
         return snap
 
     # --- run ---------------------------------------------------------------------------------------------
