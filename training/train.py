@@ -38,7 +38,7 @@ class TrainConfig(BaseModel):
     head_epochs: int = Field(5, ge=0, description="with pretrained weights: epochs with the backbone frozen")
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam")
-    learning_rate: float = Field(2e-3, gt=0, description="initial rate; reduced on plateau")
+    learning_rate: float = Field(2e-3, gt=0, description="initial rate (see lr_schedule)")
     fine_tune_learning_rate: float = Field(1e-4, gt=0, description="after unfreezing a pretrained backbone")
     momentum: float = Field(0.9, ge=0, lt=1, description="for sgd")
     weight_decay: float = Field(1e-4, ge=0, description="decoupled L2 weight decay in the optimizer")
