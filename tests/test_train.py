@@ -8,7 +8,7 @@ from edge.errors import QCError
 from qc.cli import main
 from training import model as models
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
-from training.train import TrainConfig, _class_weights, _optimizer, _rate, train
+from training.train import TrainConfig, _class_loss, _class_weights, _optimizer, _rate, train
 
 from .conftest import TINY
 
@@ -89,13 +89,25 @@ def test_optimizers_and_class_weights():
     assert w[1] == 3 * w[0]
 
 
-def test_cosine_schedule_decays_to_zero_over_the_run(synth32, tmp_path):
-    cfg = TrainConfig(data=synth32, out=tmp_path / "cos", **(TINY | {"lr_schedule": "cosine"}))
+def test_label_smoothing_spreads_the_target():
+    loss = _class_loss(TrainConfig(data=".", out=".", label_smoothing=0.1))
+    got = float(np.asarray(loss(np.array([0]), np.array([[0.9, 0.1]], np.float32)))[0])
+    assert got == pytest.approx(-(0.95 * np.log(0.9) + 0.05 * np.log(0.1)), rel=1e-4)
+    assert _class_loss(TrainConfig(data=".", out=".")) == "sparse_categorical_crossentropy"
+
+
+def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path):
+    cfg = TrainConfig(data=synth32, out=tmp_path / "cos", **(TINY | {"lr_schedule": "cosine", "label_smoothing": 0.1}))
     rate = _rate(cfg, 0.01, epochs=4, steps_per_epoch=10)
     assert float(rate(0)) == pytest.approx(0.01) and float(rate(20)) == pytest.approx(0.005)
     assert float(rate(40)) == pytest.approx(0.0, abs=1e-9)
     assert _rate(TrainConfig(data=".", out="."), 0.01, 4, 10) == 0.01  # plateau: a number the callback cuts
-    assert train(cfg)["lr_schedule"] == "cosine"
+    rec = train(cfg)
+    assert rec["lr_schedule"] == "cosine" and rec["label_smoothing"] == 0.1
+    # without masks the classifier itself is compiled with the smoothed loss, and saved so
+    plain = TrainConfig(data=synth32, out=tmp_path / "plain", **(TINY | {"label_smoothing": 0.1, "mask_supervision": 0}))
+    train(plain)
+    assert models.load(plain.out).output.shape[-1] == 5
 
 
 def test_cam_model_matches_the_classifier(tiny_run):

@@ -122,4 +122,4 @@ def load(run: Path) -> keras.Model:
     path = Path(run) / "model.keras"
     if not path.is_file():
         raise QCError(f"{run}: no trained model (expected {path}); run `qc train` first")
-    return keras.models.load_model(path)
+    return keras.models.load_model(path, compile=False)  # training compiles its own; the rest only predicts

@@ -48,6 +48,8 @@ class TrainConfig(BaseModel):
     mask_supervision: float = Field(1.0, ge=0, description="weight of the activation-map loss on images with "
                                     "defect masks (0: image labels only)")
     patience: int = Field(8, ge=1, description="early stopping patience on val loss (epochs)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each label spread over all classes: "
+                                   "less overconfident scores, so a hard defect is less often scored near 0")
     lr_schedule: Literal["plateau", "cosine"] = Field(
         "plateau", description="plateau: cut the rate when val loss stalls; cosine: decay it to zero over the epochs")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap batches per epoch (quick runs)")
@@ -106,14 +108,27 @@ def _rate(cfg: TrainConfig, lr: float, epochs: int, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(lr, epochs * steps_per_epoch) if cfg.lr_schedule == "cosine" else lr
 
 
+def _class_loss(cfg: TrainConfig):
+    """Cross-entropy of the class probabilities against integer labels, smoothed when asked."""
+    eps = cfg.label_smoothing
+    if not eps:
+        return "sparse_categorical_crossentropy"
+
+    def smoothed_sparse_ce(y_true, y_pred):
+        n = y_pred.shape[-1]
+        onehot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), n)
+        return keras.losses.categorical_crossentropy(onehot * (1 - eps) + eps / n, y_pred)
+
+    return smoothed_sparse_ce
+
+
 def _fit(net, trainer, cfg, phase, lr, epochs, train_ds, val_ds, val_x, val_y, history):
     rate = _rate(cfg, lr, epochs, cfg.steps_per_epoch or int(train_ds.cardinality()))
     if trainer is net:
-        trainer.compile(optimizer=_optimizer(cfg, rate), loss="sparse_categorical_crossentropy",
-                        metrics=["accuracy"])
+        trainer.compile(optimizer=_optimizer(cfg, rate), loss=_class_loss(cfg), metrics=["accuracy"])
     else:
         trainer.compile(optimizer=_optimizer(cfg, rate),
-                        loss={"probs": "sparse_categorical_crossentropy", "cam": masked_sparse_ce},
+                        loss={"probs": _class_loss(cfg), "cam": masked_sparse_ce},
                         loss_weights={"probs": 1.0, "cam": cfg.mask_supervision}, metrics={"probs": ["accuracy"]})
     callbacks = [
         EpochLine(net, val_x, val_y, cfg.batch_size, phase),
