@@ -45,13 +45,16 @@ def _frames(folder: Path, n: int, size=(480, 640)) -> list[Path]:
     return paths
 
 
-def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int = 2, seconds: float = 5.0) -> dict:
-    cfg_values = {"bundle": str(bundle_path), "classifier": {"num_threads": num_threads}, "store": {"dir": None},
+def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = None, seconds: float = 5.0) -> dict:
+    """`num_threads` None takes `qc run`'s default (classifier.num_threads)."""
+    threads = {"num_threads": num_threads} if num_threads else {}
+    cfg_values = {"bundle": str(bundle_path), "classifier": threads, "store": {"dir": None},
                   "reload_watch": False, "stats_interval_s": 3600,
                   "gpio": {"gate": {"delay_ms": 100, "pulse_ms": 1, "min_gap_ms": 0}}}
     with tempfile.TemporaryDirectory() as tmp:
         paths = _frames(Path(tmp), 32)
         cfg = validate_config(cfg_values | {"source": {"kind": "folder", "path": tmp}})
+        num_threads = cfg.classifier.num_threads
         clf = make_classifier(load_bundle(bundle_path), cfg.classifier.backend, num_threads)
         bundle = clf.bundle
         h, w = bundle.input_size

@@ -51,6 +51,10 @@ class Bundle:
         return h, w
 
     @property
+    def output_kind(self) -> str:
+        return self.meta["output"].get("kind", "softmax")  # bundles from before logits say nothing
+
+    @property
     def threshold(self) -> float:
         return float(self.meta["threshold"]["value"])
 
@@ -99,7 +103,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{meta_path}: missing field(s) {missing}")
     if "good" not in meta["labels"]:
         raise BundleError(f"{meta_path}: labels {meta['labels']} have no 'good' class")
-    kind = meta["output"].get("kind", "softmax")
+    kind = Bundle(path, meta).output_kind
     if kind not in OUTPUT_KINDS:
         raise BundleError(f"{meta_path}: output kind {kind!r} is not known (this runtime reads {list(OUTPUT_KINDS)})")
     model = path / meta["model_file"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,8 +437,7 @@ def report(a):
 def _bench_args(p):
     p.add_argument("--bundle", type=Path, required=True, help="model bundle to measure")
     p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
-    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                   help="LiteRT CPU threads (default: CPU cores - 1, as qc run)")
+    p.add_argument("--threads", type=int, help="LiteRT CPU threads (default: as qc run, CPU cores - 1)")
     p.add_argument("--seconds", type=float, default=5.0, help="how long the pipeline runs at each offered rate")
 
 

@@ -58,7 +58,7 @@ class Classifier:
         cam = bundle.meta.get("cam")
         self._cam = by_name[cam["name"]] if cam else None
         self.input_dtype = np.dtype(self._in["dtype"])
-        self._logits = bundle.meta["output"].get("kind", "softmax") == "logits"
+        self._logits = bundle.output_kind == "logits"
 
     def _make_interpreter(self, num_threads: int):
         raise NotImplementedError
