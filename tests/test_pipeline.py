@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 import threading
 import time
 
@@ -64,6 +65,23 @@ def test_every_part_gets_exactly_one_decision(bundle_dir, synth32, tmp_path):
         assert 0 <= x and 0 <= y and x + w <= 32 and y + h <= 32
     assert tel.stats_ and tel.stats_[-1]["counts"]["parts"] == 12
     assert all(e["model"]["sha256"] == rt.bundle.sha256 for e in tel.inspections)
+
+
+def test_the_run_holds_a_short_lock_switch_interval_and_restores_it(bundle_dir, synth32, tmp_path):
+    before = sys.getswitchinterval()
+    rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=4), tmp_path, pipeline__switch_interval_ms=0.25)
+    seen, inner = [], rt.classifier
+
+    class Spy:
+        def infer(self, rgb):
+            seen.append(sys.getswitchinterval())
+            return inner.infer(rgb)
+
+    rt.classifier = Spy()
+    rt.run(on_stats=lambda line: None)
+    check_one_decision_each(tel, 4)
+    assert seen == [pytest.approx(0.00025)] * 4
+    assert sys.getswitchinterval() == before
 
 
 def test_memory_telemetry_keeps_only_the_latest_events():

@@ -172,7 +172,8 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
     if len(order):
         pngs["worst mistakes"] = plots.gallery(
             [overlay(x[i], maps[i]) for i in order],
-            [f"{ds.classes[y[i]]} -> {ds.classes[pred[i]]}\nscore {scores[i]:.3f}" for i in order],
+            [f"{ds.classes[y[i]]} {'rejected' if scores[i] >= threshold else 'passed'} (argmax {ds.classes[pred[i]]})"
+             f"\nscore {scores[i]:.3f}, threshold {threshold:.3f}" for i in order],
             out / "worst.png")
     (out / "metrics.json").write_text(json.dumps(m, indent=1))
     _report_html(m, pngs, out / "report.html")
