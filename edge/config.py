@@ -61,9 +61,6 @@ class DecisionConfig(_Strict):
 class PipelineConfig(_Strict):
     queue_size: int = Field(4, ge=1, le=256, description="frames waiting between stages; more are rejected")
     roi: tuple[int, int, int, int] | None = Field(None, description="region of interest x, y, w, h in pixels")
-    switch_interval_ms: float = Field(0.5, gt=0, le=100, description="how long one thread may hold Python's "
-                                      "interpreter lock while another waits (sys.setswitchinterval, Python's "
-                                      "default 5): short keeps a finished resize or invoke from waiting")
 
 
 class StoreConfig(_Strict):

@@ -296,10 +296,6 @@ class Runtime:
     # --- run ---------------------------------------------------------------------------------------------
 
     def run(self, duration: float | None = None, max_parts: int | None = None, on_stats=print) -> dict:
-        # a thread back from a resize or an invoke waits for the lock until the holder yields: at Python's
-        # default 5 ms, parts bunch up behind one another and the queues overflow in bursts
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(self.cfg.pipeline.switch_interval_ms / 1000)
         threads = [threading.Thread(target=self._capture, args=(max_parts,), name="capture", daemon=True),
                    threading.Thread(target=self._preprocess, name="preprocess", daemon=True),
                    threading.Thread(target=self._infer, name="infer", daemon=True)]
@@ -327,7 +323,6 @@ class Runtime:
             self.stop_event.set()
             for t in threads:
                 t.join(timeout=10)  # parts in flight finish: capture stops, the queues drain
-            sys.setswitchinterval(switch_interval)
             self.gate.close(drain=True)
             self.light.set("off")
             final = self._publish_stats()
