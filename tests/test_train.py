@@ -6,6 +6,7 @@ import pytest
 
 from edge.errors import QCError
 from qc.cli import main
+import training.train
 from training import model as models
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
 from training.train import TrainConfig, _class_loss, _class_weights, _optimizer, _rate, train
@@ -96,7 +97,7 @@ def test_label_smoothing_spreads_the_target():
     assert _class_loss(TrainConfig(data=".", out=".")) == "sparse_categorical_crossentropy"
 
 
-def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path):
+def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path, monkeypatch):
     cfg = TrainConfig(data=synth32, out=tmp_path / "cos", **(TINY | {"lr_schedule": "cosine", "label_smoothing": 0.1}))
     rate = _rate(cfg, 0.01, epochs=4, steps_per_epoch=10)
     assert float(rate(0)) == pytest.approx(0.01) and float(rate(20)) == pytest.approx(0.005)
@@ -106,7 +107,15 @@ def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path):
     assert rec["lr_schedule"] == "cosine" and rec["label_smoothing"] == 0.1
     # without masks the classifier itself is compiled with the smoothed loss, and saved so
     plain = TrainConfig(data=synth32, out=tmp_path / "plain", **(TINY | {"label_smoothing": 0.1, "mask_supervision": 0}))
+    made = []  # (training?, class weights) of each dataset train() builds
+    real = training.train.make_dataset
+    monkeypatch.setattr(training.train, "make_dataset",
+                        lambda x, y, batch, shuffle, *a, **kw: made.append((shuffle, kw.get("class_weights")))
+                        or real(x, y, batch, shuffle, *a, **kw))
     train(plain)
+    # the val loss that early stopping and the plateau cut watch is weighted like the training loss
+    (_, w_train), (_, w_val) = sorted(made, key=lambda m: not m[0])
+    assert w_train and w_val == w_train and w_train[0] < w_train[1]
     assert models.load(plain.out).output.shape[-1] == 5
 
 

@@ -172,10 +172,13 @@ def train(cfg: TrainConfig) -> dict:
     grid = trainer.output["cam"].shape[1] if supervise else None
     class_weight = _class_weights(y_train, len(ds.classes)) if cfg.class_weights else None
     train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, cfg.seed, cfg.augment, m_train, h_train, grid,
-                            class_weight)
+                            class_weights=class_weight)
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
-    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False, masks=m_val, has_mask=h_val, grid=grid)
+    # val loss carries the same class weights: early stopping, the plateau cut and the restored weights then
+    # follow the objective being trained, not one a model that calls every part good already scores well on
+    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False, masks=m_val, has_mask=h_val, grid=grid,
+                          class_weights=class_weight)
     cfg.out.mkdir(parents=True, exist_ok=True)
     history: dict[str, list] = {}
     t0 = time.monotonic()
