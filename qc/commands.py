@@ -110,7 +110,7 @@ def _train_args(p):
                    help="weight of the activation-map loss on images with masks (default 1; 0 turns it off)")
     p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
     p.add_argument("--label-smoothing", type=float,
-                   help="share of each label spread over all classes (default 0): less overconfident scores")
+                   help="share of each label spread over all classes (default 0.1; 0 turns it off): less overconfident scores")
     p.add_argument("--lr-schedule", choices=["plateau", "cosine"],
                    help="plateau (default): cut the rate when val loss stalls; cosine: decay it over the epochs")
     p.add_argument("--steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")

@@ -94,7 +94,8 @@ def test_label_smoothing_spreads_the_target():
     loss = _class_loss(TrainConfig(data=".", out=".", label_smoothing=0.1))
     got = float(np.asarray(loss(np.array([0]), np.array([[0.9, 0.1]], np.float32)))[0])
     assert got == pytest.approx(-(0.95 * np.log(0.9) + 0.05 * np.log(0.1)), rel=1e-4)
-    assert _class_loss(TrainConfig(data=".", out=".")) == "sparse_categorical_crossentropy"
+    assert TrainConfig(data=".", out=".").label_smoothing == 0.1  # the default recipe smooths
+    assert _class_loss(TrainConfig(data=".", out=".", label_smoothing=0)) == "sparse_categorical_crossentropy"
 
 
 def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ class TrainConfig(BaseModel):
     mask_supervision: float = Field(1.0, ge=0, description="weight of the activation-map loss on images with "
                                     "defect masks (0: image labels only)")
     patience: int = Field(8, ge=1, description="early stopping patience on val loss (epochs)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each label spread over all classes: "
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="share of each label spread over all classes: "
                                    "less overconfident scores, so a hard defect is less often scored near 0")
     lr_schedule: Literal["plateau", "cosine"] = Field(
         "plateau", description="plateau: cut the rate when val loss stalls; cosine: decay it to zero over the epochs")
