@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+import training.train
 from edge.errors import QCError
 from qc.cli import main
-import training.train
 from training import model as models
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
 from training.train import TrainConfig, _class_loss, _class_weights, _optimizer, _rate, train
