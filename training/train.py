@@ -114,10 +114,9 @@ def _class_loss(cfg: TrainConfig):
     if not eps:
         return "sparse_categorical_crossentropy"
 
-    def smoothed_sparse_ce(y_true, y_pred):
-        n = y_pred.shape[-1]
-        onehot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), n)
-        return keras.losses.categorical_crossentropy(onehot * (1 - eps) + eps / n, y_pred)
+    def smoothed_sparse_ce(y_true, y_pred):  # Keras smooths one-hot targets only, so the labels become one-hot
+        onehot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), y_pred.shape[-1])
+        return keras.losses.categorical_crossentropy(onehot, y_pred, label_smoothing=eps)
 
     return smoothed_sparse_ce
 
