@@ -196,3 +196,62 @@ def test_per_tensor_weights_make_a_smaller_bundle(bundle_dir, tiny_run, tmp_path
     assert pt.meta["quantization"]["weights"] == "per-tensor"
     assert load_bundle(bundle_dir).meta["quantization"]["weights"] == "per-channel"
     assert pt.model_path.stat().st_size < 0.9 * load_bundle(bundle_dir).model_path.stat().st_size
+
+
+def _twin_logits_match(net, arch):
+    from training import qat
+
+    _, tf_keras = qat._import_toolkit()
+    twin, _ = qat._twin(net, arch, 0.35, tf_keras)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    want, got = models.with_cam(net, logits=True).predict(x, verbose=0), twin.predict(x, verbose=0)
+    return [float(np.abs(w - g).max()) for w, g in zip(want, got)]
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_qat_twin_computes_what_the_keras_model_computes(arch):
+    assert max(_twin_logits_match(models.build(arch, 3, 32, 0.35), arch)) < 1e-4
+
+
+def test_qat_twin_of_a_pretrained_style_model_with_rescaling(tmp_path):
+    import keras
+
+    weights = tmp_path / "backbone.weights.h5"
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None) \
+        .save_weights(weights)
+    net = models.build("mobilenet_v2", 2, 32, 0.35, weights=str(weights))
+    assert type(net.get_layer("preprocess")).__name__ == "Rescaling"
+    assert max(_twin_logits_match(net, "mobilenet_v2")) < 1e-4
+
+
+def test_qat_export_fine_tunes_a_fake_quantized_twin(tiny_run, synth32, tmp_path, monkeypatch):
+    from training import qat
+
+    seen = {}
+    original = qat.quantization_aware
+
+    def spy(*args, **kwargs):
+        seen["model"] = model = original(*args, **kwargs)
+        return model
+
+    monkeypatch.setattr(qat, "quantization_aware", spy)
+    export(tiny_run, tmp_path / "q", n_representative=16, allow_drop=True, qat_epochs=1)
+    wrapped = {type(layer.layer).__name__: layer.trainable for layer in seen["model"].layers if hasattr(layer, "layer")}
+    # every weighted layer carries fake quantization; BatchNorm is frozen, the convolutions train
+    assert {"Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization"} <= set(wrapped)
+    assert wrapped["BatchNormalization"] is False and wrapped["Conv2D"] is True
+    b = load_bundle(tmp_path / "q")
+    assert b.meta["quantization"]["method"] == "quantization-aware fine-tuning, 1 epochs"
+    net = models.load(tiny_run)
+    x, _, _ = data.load_arrays(data.scan(synth32, seed=11), "test", 32)
+    clf = make_classifier(b)
+    edge = [clf.infer(img) for img in x]
+    assert edge[0].cam.shape[-1] == len(b.meta["labels"])
+    # one epoch at a low rate moves the model little: the int8 scores still follow the trained model's
+    assert np.abs(np.stack([r.scores for r in edge]) - net.predict(x.astype(np.float32), verbose=0)).max() < 0.15
+
+
+def test_qat_needs_int8_with_per_channel_weights(tiny_run, tmp_path):
+    for kwargs in ({"per_channel": False}, {"mode": "float16"}):
+        with pytest.raises(QCError, match="--qat fine-tunes for --int8"):
+            export(tiny_run, tmp_path / "x", qat_epochs=1, **kwargs)

@@ -9,7 +9,7 @@ from edge.errors import QCError
 from qc.cli import main
 from training import model as models
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
-from training.train import TrainConfig, _class_loss, _class_weights, _optimizer, _rate, train
+from training.train import TrainConfig, _class_loss, _optimizer, _rate, balanced_class_weights, train
 
 from .conftest import TINY
 
@@ -81,12 +81,12 @@ def test_standardize_removes_brightness_and_contrast_from_a_sampled_grid():
     assert np.abs(np.asarray(Standardize()(1.5 * x + 40)) - y).max() < 0.05
 
 
-def test_optimizers_and_class_weights():
+def test_optimizers_andbalanced_class_weights():
     base = dict(data=".", out=".")
     assert isinstance(_optimizer(TrainConfig(**base, optimizer="sgd"), 0.1), keras.optimizers.SGD)
     assert _optimizer(TrainConfig(**base, optimizer="sgd", momentum=0.8), 0.1).momentum == 0.8
     assert isinstance(_optimizer(TrainConfig(**base, optimizer="rmsprop"), 0.1), keras.optimizers.RMSprop)
-    w = _class_weights(np.array([0, 0, 0, 1]), 2)
+    w = balanced_class_weights(np.array([0, 0, 0, 1]), 2)
     assert w[1] == 3 * w[0]
 
 

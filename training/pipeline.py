@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
@@ -39,8 +40,8 @@ def augmenters(cfg: AugmentConfig, seed: int):
         photo.append(layers.RandomBrightness(cfg.brightness, value_range=(0, 255), seed=seed + 4))
     if cfg.contrast:
         photo.append(layers.RandomContrast(cfg.contrast, seed=seed + 5))
-    return (tf.keras.Sequential(geo, name="geometric") if geo else None,
-            tf.keras.Sequential(photo, name="photometric") if photo else None)
+    return (keras.Sequential(geo, name="geometric") if geo else None,
+            keras.Sequential(photo, name="photometric") if photo else None)
 
 
 def cam_targets(masks: tf.Tensor, labels: tf.Tensor, has_mask: tf.Tensor, grid: int) -> tf.Tensor:

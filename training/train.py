@@ -90,7 +90,7 @@ class EpochLine(keras.callbacks.Callback):
               flush=True)
 
 
-def _class_weights(y: np.ndarray, n: int) -> dict[int, float]:
+def balanced_class_weights(y: np.ndarray, n: int) -> dict[int, float]:
     counts = np.bincount(y, minlength=n).astype(float)
     return {i: float(len(y) / (n * c)) if c else 0.0 for i, c in enumerate(counts)}
 
@@ -169,7 +169,7 @@ def train(cfg: TrainConfig) -> dict:
     supervise = cfg.mask_supervision > 0 and h_train[y_train != 0].any()
     trainer = models.with_cam(net, for_training=True, pretrained=pretrained) if supervise else net
     grid = trainer.output["cam"].shape[1] if supervise else None
-    class_weight = _class_weights(y_train, len(ds.classes)) if cfg.class_weights else None
+    class_weight = balanced_class_weights(y_train, len(ds.classes)) if cfg.class_weights else None
     train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, cfg.seed, cfg.augment, m_train, h_train, grid,
                             class_weights=class_weight)
     if cfg.steps_per_epoch:
