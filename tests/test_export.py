@@ -224,7 +224,7 @@ def test_qat_twin_of_a_pretrained_style_model_with_rescaling(tmp_path):
     assert max(_twin_logits_match(net, "mobilenet_v2")) < 1e-4
 
 
-def test_qat_export_fine_tunes_a_fake_quantized_twin(tiny_run, synth32, tmp_path, monkeypatch):
+def test_qat_export_fine_tunes_a_fake_quantized_twin(tiny_run, synth32, tmp_path, monkeypatch, capsys):
     from training import qat
 
     seen = {}
@@ -235,9 +235,12 @@ def test_qat_export_fine_tunes_a_fake_quantized_twin(tiny_run, synth32, tmp_path
         return model
 
     monkeypatch.setattr(qat, "quantization_aware", spy)
-    export(tiny_run, tmp_path / "q", n_representative=16, allow_drop=True, qat_epochs=1)
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "q"), "--representative", "16", "--allow-drop",
+                 "--qat", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "int8" in json.loads(out)["metrics"] and "val_loss" in err  # progress on stderr, results on stdout
     wrapped = {type(layer.layer).__name__: layer.trainable for layer in seen["model"].layers if hasattr(layer, "layer")}
-    # every weighted layer carries fake quantization; BatchNorm is frozen, the convolutions train
+    # every weighted layer carries fake quantization; BatchNorm runs in inference mode, the convolutions train
     assert {"Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization"} <= set(wrapped)
     assert wrapped["BatchNormalization"] is False and wrapped["Conv2D"] is True
     b = load_bundle(tmp_path / "q")
