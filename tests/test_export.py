@@ -243,6 +243,8 @@ def test_qat_export_fine_tunes_a_fake_quantized_twin(tiny_run, synth32, tmp_path
     # every weighted layer carries fake quantization; BatchNorm runs in inference mode, the convolutions train
     assert {"Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization"} <= set(wrapped)
     assert wrapped["BatchNormalization"] is False and wrapped["Conv2D"] is True
+    conv = next(layer for layer in seen["model"].layers if type(getattr(layer, "layer", None)).__name__ == "Conv2D")
+    assert next(w for w in conv.weights if "kernel_min" in w.name).shape[0] > 1  # a weight range per channel
     b = load_bundle(tmp_path / "q")
     assert b.meta["quantization"]["method"] == "quantization-aware fine-tuning, 1 epochs"
     net = models.load(tiny_run)
