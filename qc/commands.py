@@ -242,6 +242,7 @@ def bundle(a):
                  f"input     {m['input']['shape']} {m['input']['dtype']} scale {m['input']['scale']} "
                  f"zero point {m['input']['zero_point']} {m['input'].get('color')} resize {m['input'].get('resize')}",
                  f"threshold {m['threshold']['value']:.4f} ({m['threshold'].get('method')})",
+                 f"quantize  {json.dumps(m.get('quantization'))}",
                  f"training  {json.dumps(m['training'])}",
                  f"metrics   {json.dumps(m['metrics'])}"]
         return "\n".join(lines)

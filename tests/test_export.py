@@ -96,7 +96,7 @@ def test_verify_and_show(bundle_dir, capsys):
     assert '"ok": true' in capsys.readouterr().out
     assert main(["bundle", "show", str(bundle_dir)]) == 0
     out = capsys.readouterr().out
-    assert "threshold" in out and "sha256" in out
+    assert "threshold" in out and "sha256" in out and "post-training" in out
 
 
 def test_existing_bundle_needs_force_and_run_needs_a_model(bundle_dir, tiny_run, tmp_path):
