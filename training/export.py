@@ -138,8 +138,8 @@ def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_
 
         cam_model = qat.quantization_aware(
             net, cfg["arch"], cfg["alpha"], (x_train, y_train), (x_val, y_val), qat_epochs,
-            balanced_class_weights(y_train, len(ds.classes)) if cfg["class_weights"] else None,
-            cfg["label_smoothing"], seed=cfg["seed"])
+            balanced_class_weights(y_train, len(ds.classes)) if cfg.get("class_weights", True) else None,
+            cfg.get("label_smoothing", 0.0), seed=cfg["seed"])  # runs from before label smoothing: none
     model = convert(cam_model, mode, rep, io_dtype, per_channel)
     evaluation = json.loads((run / "eval" / "metrics.json").read_text()) if (run / "eval" / "metrics.json").exists() else None
     threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
