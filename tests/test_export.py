@@ -246,7 +246,7 @@ def test_qat_export_fine_tunes_a_fake_quantized_twin(tiny_run, synth32, tmp_path
     conv = next(layer for layer in seen["model"].layers if type(getattr(layer, "layer", None)).__name__ == "Conv2D")
     assert next(w for w in conv.weights if "kernel_min" in w.name).shape[0] > 1  # a weight range per channel
     b = load_bundle(tmp_path / "q")
-    assert b.meta["quantization"]["method"] == "quantization-aware fine-tuning, 1 epochs"
+    assert b.meta["quantization"]["method"] == "quantization-aware fine-tuning, 1 epoch"
     net = models.load(tiny_run)
     x, _, _ = data.load_arrays(data.scan(synth32, seed=11), "test", 32)
     clf = make_classifier(b)

@@ -159,7 +159,7 @@ def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_
         "cam": _tensor_meta(cam_d, kind="softmax-per-location", good_index=0),
         "threshold": threshold,
         "quantization": {"mode": mode, "representative_images": len(rep),
-                         "method": f"quantization-aware fine-tuning, {qat_epochs} epochs" if qat_epochs
+                         "method": f"quantization-aware fine-tuning, {qat_epochs} epoch{'s' * (qat_epochs > 1)}" if qat_epochs
                          else "post-training",
                          "io_dtype": io_dtype if mode == "int8" else "float32"}
         | ({"weights": "per-channel" if per_channel else "per-tensor"} if mode == "int8" else {}),
