@@ -19,7 +19,6 @@ from edge.bundle import load_bundle
 from edge.classifiers import make_classifier
 from edge.config import validate_config
 from edge.decision import decide
-from edge.errors import QCError
 from edge.pipeline import Runtime
 from edge.preprocess import prepare
 
@@ -76,22 +75,25 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         naive = _rate(naive_one, n)
         slowest = min(read, pre, invoke)
 
-        def sustained(fraction: float):
-            """The run at `fraction` of the slowest stage, or None when any part went uninspected."""
+        def attempt(fraction: float) -> tuple[dict, bool]:
+            """The run at `fraction` of the slowest stage, and whether every part was inspected."""
             cfg = validate_config(cfg_values | {"source": {"kind": "folder", "path": tmp, "loop": True,
                                                            "rate_hz": fraction * slowest}})
             final = Runtime(cfg).run(duration=seconds, on_stats=lambda line: None)
-            return final if all(k in ("ok", "defect") for k in final["counts"]["reason"]) else None
+            return final, all(k in ("ok", "defect") for k in final["counts"]["reason"])
 
         # the highest offered rate the pipeline sustains with every part inspected (no fail-safe reject):
-        # down in 5 % steps, then half a step back up, so the ramp's resolution costs at most 2.5 %
+        # down in 5 % steps, then half a step back up, so the ramp's resolution costs at most 2.5 %. When
+        # even a quarter of the slowest stage is not sustained (a loaded or paused machine), the last run is
+        # reported as it went, its fail-safe rejects counted.
         for fraction in np.arange(1.0, 0.2, -0.05):
-            if final := sustained(fraction):
+            final, sustained = attempt(fraction)
+            if sustained:
                 break
-        if final is None:
-            raise QCError(f"the pipeline left parts uninspected even at {fraction * slowest:.0f} parts/s")
-        if fraction < 1.0 and (finer := sustained(fraction + 0.025)):
-            final, fraction = finer, fraction + 0.025
+        if sustained and fraction < 1.0:
+            finer, finer_sustained = attempt(fraction + 0.025)
+            if finer_sustained:
+                final, fraction = finer, fraction + 0.025
         target_rate = fraction * slowest
     e2e = final["latency_ms"].get("end_to_end", {})
     parts, reasons = final["counts"]["parts"], final["counts"]["reason"]
@@ -101,7 +103,8 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         "stages_alone_per_s": {"read_png_decode": round(read, 1), "preprocess": round(pre, 1),
                                "interpreter_invoke": round(invoke, 1)},
         "naive_sequential_loop_per_s": round(naive, 1),
-        "pipeline": {"offered_rate_per_s": round(target_rate, 1), "achieved_per_s": final["fps"],
+        "pipeline": {"offered_rate_per_s": round(target_rate, 1), "sustained": sustained,
+                     "achieved_per_s": final["fps"],
                      "parts": parts, "inspected": reasons.get("ok", 0) + reasons.get("defect", 0),
                      "failsafe_or_overflow": sum(v for k, v in reasons.items() if k not in ("ok", "defect")),
                      "latency_p50_ms": e2e.get("p50"), "latency_p99_ms": e2e.get("p99")},
