@@ -81,7 +81,7 @@ def test_standardize_removes_brightness_and_contrast_from_a_sampled_grid():
     assert np.abs(np.asarray(Standardize()(1.5 * x + 40)) - y).max() < 0.05
 
 
-def test_optimizers_andbalanced_class_weights():
+def test_optimizers_and_balanced_class_weights():
     base = dict(data=".", out=".")
     assert isinstance(_optimizer(TrainConfig(**base, optimizer="sgd"), 0.1), keras.optimizers.SGD)
     assert _optimizer(TrainConfig(**base, optimizer="sgd", momentum=0.8), 0.1).momentum == 0.8
