@@ -131,7 +131,9 @@ def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_
     cam_model = models.with_cam(net, logits=True)
     x_train, y_train, _ = data.load_arrays(ds, "train", size)
     rep = x_train[representative_indices(y_train, n_representative, cfg["seed"])]
-    x_val, y_val, _ = data.load_arrays(ds, "val", size)
+    evaluation = json.loads((run / "eval" / "metrics.json").read_text()) if (run / "eval" / "metrics.json").exists() else None
+    if qat_epochs or evaluation:  # fine-tuning validates on it; the threshold is chosen again on it
+        x_val, y_val, _ = data.load_arrays(ds, "val", size)
     if qat_epochs:
         from training import qat
         from training.train import balanced_class_weights
@@ -141,7 +143,6 @@ def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_
             balanced_class_weights(y_train, len(ds.classes)) if cfg.get("class_weights", True) else None,
             cfg.get("label_smoothing", 0.0), seed=cfg["seed"])  # runs from before label smoothing: none
     model = convert(cam_model, mode, rep, io_dtype, per_channel)
-    evaluation = json.loads((run / "eval" / "metrics.json").read_text()) if (run / "eval" / "metrics.json").exists() else None
     threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
                   evaluation["threshold"]["target_recall"], "method": "highest threshold reaching the target defect recall"}
                  if evaluation else {"value": 0.5, "method": "default: run `qc evaluate` to choose one"})
