@@ -19,22 +19,26 @@ from firmware_io.mqtt.config import MQTTConfig
 __all__ = ["EdgeConfig", "load_config", "load_yaml", "validate_config", "validated"]
 
 
+_CORES = os.cpu_count() or 2
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ClassifierConfig(_Strict):
     backend: Literal["auto", "cpu", "edgetpu"] = Field("auto", description="auto: Edge TPU for _edgetpu models")
-    num_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1, le=16,
-                             description="LiteRT CPU threads (XNNPACK); default: one fewer than the CPU cores, "
-                             "which leaves a core for capture and preprocessing")
+    num_threads: int = Field(default_factory=lambda: max(1, _CORES // 2), ge=1, le=16,
+                             description="LiteRT CPU threads per interpreter (XNNPACK); default: half the CPU "
+                             "cores, as two workers run the model side by side")
 
 
 class SourceConfig(_Strict):
     kind: Literal["folder", "video", "camera", "stream"] = Field("folder", description="where frames come from")
     path: str = Field("", description="folder or video file, camera index or /dev/videoN, rtsp:// or http:// URL")
     loop: bool = Field(False, description="folder/video: start again at the end")
-    rate_hz: float | None = Field(None, gt=0, description="folder/video: parts per second (None: as fast as possible)")
+    rate_hz: float | None = Field(None, gt=0, description="folder/video: parts per second, as on a line (None: "
+                                  "as fast as the workers take them, every frame inspected)")
     width: int | None = Field(None, gt=0, description="camera: requested frame width")
     height: int | None = Field(None, gt=0, description="camera: requested frame height")
     fps: float | None = Field(None, gt=0, description="camera: requested frame rate")
@@ -59,7 +63,11 @@ class DecisionConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    queue_size: int = Field(4, ge=1, le=256, description="frames waiting between stages; more are rejected")
+    workers: int = Field(default_factory=lambda: min(2, _CORES), ge=1, le=16,
+                         description="threads that each preprocess a part and run the model: while one runs the "
+                         "model, the other prepares the next frame")
+    queue_size: int = Field(8, ge=1, le=256, description="frames waiting for a worker (memory: this many frames); "
+                            "a part that finds it full is a fail-safe reject (overflow)")
     roi: tuple[int, int, int, int] | None = Field(None, description="region of interest x, y, w, h in pixels")
 
 

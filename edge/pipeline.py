@@ -1,12 +1,14 @@
-"""The inspection pipeline: capture -> preprocess -> inference + decision -> actions, on three threads with
-bounded queues. Every part that passes the camera gets exactly one decision, published and counted.
+"""The inspection pipeline: a capture thread feeds a bounded queue; worker threads each take a part,
+preprocess it, run the int8 model, decide and act (gate, telemetry, reject store, stats).
 
+Every part that passes the camera gets exactly one decision, published and counted in capture order.
 A part that cannot be inspected (corrupt frame, model error, queue full, past its deadline, paused) is
 rejected fail-safe with its reason, unless the config passes such parts on purpose.
 """
 
 from __future__ import annotations
 
+import gc
 import queue
 import sys
 import threading
@@ -30,7 +32,7 @@ from edge.store import RejectStore
 from edge.telemetry import MemoryTelemetry, Telemetry
 from firmware_io.gpio import Encoder, PartSensor, RealClock, RejectGate, StackLight, make_backend
 
-__all__ = ["Runtime", "verified_classifier"]
+__all__ = ["Model", "Runtime", "verified_classifier"]
 
 _STOP = object()
 
@@ -39,8 +41,20 @@ _STOP = object()
 class _Part:
     frame: Frame
     stamp: float  # capture time (s) or encoder count, what the gate fires from
-    rgb: np.ndarray | None = None
+    index: int  # capture order: telemetry and the reject store get parts in this order
     t: dict = field(default_factory=dict)
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Model:
+    """A verified bundle and its interpreters, swapped in whole on reload: a worker reads it once per part.
+
+    One interpreter per worker on the CPU; an Edge TPU runs one at a time, so its workers share one."""
+
+    bundle: Bundle
+    classifiers: tuple[Classifier, ...]
+    locks: tuple[threading.Lock, ...]
 
 
 def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str | None = None):
@@ -59,8 +73,7 @@ def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str 
 class Runtime:
     def __init__(self, cfg: EdgeConfig, telemetry: Telemetry | None = None, gpio=None, clock=None, source=None):
         self.cfg = cfg
-        self.bundle, self.classifier = verified_classifier(cfg.bundle, cfg.classifier.backend,
-                                                           cfg.classifier.num_threads)
+        self.model = self.load_model(cfg.bundle)
         self.threshold = cfg.decision.threshold if cfg.decision.threshold is not None else self.bundle.threshold
         self.telemetry = telemetry or MemoryTelemetry()
         self.stats = Stats()
@@ -72,21 +85,34 @@ class Runtime:
         self.light = StackLight(self.gpio, cfg.gpio.stack_light)
         self.store = RejectStore(cfg.store.dir, cfg.store.max_files, cfg.store.sample_passes) if cfg.store.dir else None
         self.source = source if source is not None else make_source(cfg.source, on_alarm=self.alarm)
+        # a part passing a camera cannot wait for a free worker; a recorded folder or video can
+        self.live = cfg.trigger.mode != "free" or getattr(self.source, "live", True)
         self.triggers: queue.Queue = queue.Queue()
         if cfg.trigger.mode == "part_sensor":
             PartSensor(self.gpio, cfg.gpio.part_sensor, self.triggers.put)
         elif cfg.trigger.mode == "encoder":
             self.encoder.listeners.append(self._on_count)
-        self.q_pre: queue.Queue = queue.Queue(cfg.pipeline.queue_size)
-        self.q_inf: queue.Queue = queue.Queue(cfg.pipeline.queue_size)
+        self.parts: queue.Queue = queue.Queue(cfg.pipeline.queue_size)
         self.stop_event = threading.Event()
         self.paused = threading.Event()
         self.snapshot_next = threading.Event()
-        self._pending: tuple[Bundle, Classifier] | None = None
-        self._store_lock = threading.Lock()
+        self._order = threading.Lock()
+        self._finished: dict[int, tuple] = {}
+        self._next_out = 0
         self._captured = 0
         self._watch = self._bundle_mtime()
         self.light.set("running")
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.model.bundle
+
+    def load_model(self, path: Path, sha256: str | None = None) -> Model:
+        c = self.cfg.classifier
+        bundle, first = verified_classifier(path, c.backend, c.num_threads, sha256)
+        count = 1 if first.name == "edgetpu" else self.cfg.pipeline.workers
+        more = [make_classifier(bundle, first.name, c.num_threads) for _ in range(count - 1)]
+        return Model(bundle, (first, *more), tuple(threading.Lock() for _ in range(count)))
 
     def _on_count(self, count: int) -> None:
         if count % self.cfg.trigger.pitch_counts == 0:  # a part every pitch: its stamp is the count
@@ -109,8 +135,10 @@ class Runtime:
             self.stats.count("telemetry_failed")
             print(f"[qc] telemetry failed: {exc}", file=sys.stderr, flush=True)
 
-    def _finish(self, part: _Part, d: Decision, bbox=None) -> None:
-        frame = part.frame
+    def _finish(self, part: _Part, d: Decision, bbox=None, bundle: Bundle | None = None) -> None:
+        """Act on a decision: the gate at once; telemetry and the reject store in capture order."""
+        part.done = True
+        frame, bundle = part.frame, bundle or self.bundle
         reason = d.reason
         if d.decision == "reject":
             try:
@@ -123,32 +151,39 @@ class Runtime:
                     reason = "late"
                     self.alarm("late", f"part {frame.seq} decided after its reject window"
                                + ("" if sched.fired else "; not fired (gate.late_policy skip)"), seq=frame.seq)
-        now = time.monotonic()
-        latency = (now - frame.stamp) * 1000
+        latency = (time.monotonic() - frame.stamp) * 1000
         event = {
             "id": f"{self.cfg.station}-{self.boot}-{frame.seq:08d}",
             "seq": frame.seq, "ts": frame.wall, "line": self.cfg.line, "station": self.cfg.station,
             "label": d.label, "score": None if np.isnan(d.score) else round(d.score, 5), "scores": d.scores,
             "decision": d.decision, "reason": reason, "latency_ms": round(latency, 2),
-            "model": {"name": self.bundle.meta["name"], "sha256": self.bundle.sha256},
+            "model": {"name": bundle.meta["name"], "sha256": bundle.sha256},
             "threshold": self.threshold, "box": bbox, "source": frame.origin,
         }
         if frame.error:
             event["error"] = frame.error
-        self._tell(self.telemetry.inspection, event)
-        if self.store:
-            with self._store_lock:  # parts finish on three threads
-                if self.store.wants(d.decision) or self.snapshot_next.is_set():
-                    self.snapshot_next.clear()
-                    try:
-                        self.store.save(frame.image, event)
-                    except Exception as exc:  # a full disk loses the review copy, not the line
-                        self.alarm("store_failed", f"reject of part {frame.seq} not saved: {exc}")
         self.stats.add(d.decision, reason, {"end_to_end": latency, **part.t})
+        with self._order:  # workers finish out of order; what leaves here goes in capture order
+            self._finished[part.index] = (event, frame.image)
+            while self._next_out in self._finished:
+                event, image = self._finished.pop(self._next_out)
+                self._next_out += 1
+                self._tell(self.telemetry.inspection, event)
+                self._keep(image, event)
+
+    def _keep(self, image, event: dict) -> None:
+        if not self.store or not (self.store.wants(event["decision"]) or self.snapshot_next.is_set()):
+            return
+        self.snapshot_next.clear()
+        try:
+            self.store.save(image, event)
+        except Exception as exc:  # a full disk loses the review copy, not the line
+            self.alarm("store_failed", f"reject of part {event['seq']} not saved: {exc}")
 
     # --- threads -----------------------------------------------------------------------------------------
 
     def _capture(self, max_parts: int | None) -> None:
+        on_error = self.cfg.decision.on_error
         try:
             for frame in self.source:
                 stamp = frame.stamp
@@ -161,21 +196,23 @@ class Runtime:
                         frame.stamp = stamp
                 if self.stop_event.is_set():
                     break
-                part = _Part(frame, stamp)
+                part = _Part(frame, stamp, self._captured)
                 self._captured += 1
                 if self.paused.is_set():
-                    self._finish(part, failsafe("paused", self.cfg.decision.on_error))
+                    self._finish(part, failsafe("paused", on_error))
+                elif not self.live:
+                    self.parts.put(part)  # frames from a file wait for a worker; no part is passing by
                 else:
                     try:
-                        self.q_pre.put_nowait(part)
+                        self.parts.put_nowait(part)
                     except queue.Full:  # the line outruns the model: decide now, never drop
-                        self._finish(part, failsafe("overflow", self.cfg.decision.on_error))
+                        self._finish(part, failsafe("overflow", on_error))
                 if max_parts and self._captured >= max_parts:
                     break
         except Exception as exc:  # a source that dies is an alarm, not a silent stop
             self.alarm("camera_lost", f"frame source failed: {exc}")
         finally:
-            self.q_pre.put(_STOP)
+            self.parts.put(_STOP)
 
     def _next_trigger(self):
         while not self.stop_event.is_set():
@@ -185,55 +222,53 @@ class Runtime:
                 continue
         return None
 
-    def _preprocess(self) -> None:
-        h, w = self.bundle.input_size
-        method = self.bundle.meta["input"].get("resize", "area")
-        while (part := self.q_pre.get()) is not _STOP:
-            t0 = time.monotonic()
-            if part.frame.image is None:
-                self._finish(part, failsafe("failsafe", self.cfg.decision.on_error))
-                continue
+    def _work(self, worker: int) -> None:
+        while (part := self.parts.get()) is not _STOP:
             try:
-                part.rgb = prepare(part.frame.image, (h, w), method, bgr=self.cfg.source.bgr, roi=self.cfg.pipeline.roi)
-            except Exception as exc:
-                part.frame.error = f"preprocess: {exc}"
-                self._finish(part, failsafe("failsafe", self.cfg.decision.on_error))
-                continue
-            part.t["preprocess"] = (time.monotonic() - t0) * 1000
-            self.q_inf.put(part)
-        self.q_inf.put(_STOP)
+                self._inspect(part, worker)
+            except Exception as exc:  # a fault here must neither lose the part nor stop the worker
+                self.alarm("internal", f"part {part.frame.seq}: {exc!r}")
+                if not part.done:
+                    part.frame.error = f"internal: {exc!r}"
+                    self._finish(part, failsafe("failsafe", self.cfg.decision.on_error))
+        self.parts.put(_STOP)  # pass the stop on to the next worker
 
-    def _infer(self) -> None:
-        deadline = self.cfg.decision.deadline_ms / 1000
-        while (part := self.q_inf.get()) is not _STOP:
-            if self._pending is not None:
-                self.bundle, self.classifier = self._pending  # swapped between frames
-                self._pending = None
-            if time.monotonic() - part.frame.stamp > deadline:
-                part.frame.error = f"not inspected within decision.deadline_ms {self.cfg.decision.deadline_ms}"
-                self._finish(part, failsafe("failsafe", self.cfg.decision.on_error))
-                continue
-            t0 = time.monotonic()
+    def _inspect(self, part: _Part, worker: int) -> None:
+        model, frame, on_error = self.model, part.frame, self.cfg.decision.on_error
+        if frame.image is None:
+            return self._finish(part, failsafe("failsafe", on_error))
+        if time.monotonic() - frame.stamp > self.cfg.decision.deadline_ms / 1000:
+            frame.error = f"not inspected within decision.deadline_ms {self.cfg.decision.deadline_ms}"
+            return self._finish(part, failsafe("failsafe", on_error))
+        roi = self.cfg.pipeline.roi
+        t0 = time.monotonic()
+        try:
+            rgb = prepare(frame.image, model.bundle.input_size, model.bundle.meta["input"].get("resize", "area"),
+                          bgr=self.cfg.source.bgr, roi=roi)
+        except Exception as exc:
+            frame.error = f"preprocess: {exc}"
+            return self._finish(part, failsafe("failsafe", on_error))
+        t1 = time.monotonic()
+        slot = worker % len(model.classifiers)
+        try:
+            with model.locks[slot]:
+                result = model.classifiers[slot].infer(rgb)
+            d = decide(result.scores, model.bundle.labels, self.threshold, model.bundle.good_index,
+                       self.cfg.decision.class_thresholds)
+        except Exception as exc:
+            frame.error = f"model: {exc}"
+            self.alarm("model_failed", f"inference failed on part {frame.seq}: {exc}")
+            return self._finish(part, failsafe("failsafe", on_error))
+        part.t["preprocess"], part.t["infer"] = (t1 - t0) * 1000, (time.monotonic() - t1) * 1000
+        bbox = None
+        if d.decision == "reject" and result.cam is not None:
+            shape = (roi[3], roi[2]) if roi else frame.image.shape[:2]
             try:
-                result = self.classifier.infer(part.rgb)
-                d = decide(result.scores, self.bundle.labels, self.threshold, self.bundle.good_index,
-                           self.cfg.decision.class_thresholds)
-            except Exception as exc:
-                part.frame.error = f"model: {exc}"
-                self.alarm("model_failed", f"inference failed on part {part.frame.seq}: {exc}")
-                self._finish(part, failsafe("failsafe", self.cfg.decision.on_error))
-                continue
-            part.t["infer"] = (time.monotonic() - t0) * 1000
-            bbox = None
-            if d.decision == "reject" and result.cam is not None and part.frame.image is not None:
-                roi = self.cfg.pipeline.roi
-                shape = (roi[3], roi[2]) if roi else part.frame.image.shape[:2]
-                try:
-                    bbox = box(defect_map(result.cam, self.bundle.good_index), shape,
-                               offset=(roi[0], roi[1]) if roi else (0, 0))
-                except Exception as exc:  # the decision stands without a box
-                    self.alarm("localize_failed", f"part {part.frame.seq}: {exc}")
-            self._finish(part, d, bbox)
+                bbox = box(defect_map(result.cam, model.bundle.good_index), shape,
+                           offset=(roi[0], roi[1]) if roi else (0, 0))
+            except Exception as exc:  # the decision stands without a box
+                self.alarm("localize_failed", f"part {frame.seq}: {exc}")
+        self._finish(part, d, bbox, model.bundle)
 
     # --- control -----------------------------------------------------------------------------------------
 
@@ -242,22 +277,21 @@ class Runtime:
         return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
 
     def reload(self, path: Path | None = None, sha256: str | None = None) -> dict:
-        """Verify a bundle fully, then swap it in between frames; on failure keep the old one and alarm."""
+        """Verify a bundle fully, then swap it in between parts; on failure keep the old one and alarm."""
         path = Path(path or self.cfg.bundle)
         try:
-            bundle, clf = verified_classifier(path, self.cfg.classifier.backend, self.cfg.classifier.num_threads,
-                                              sha256)
+            model = self.load_model(path, sha256)
         except Exception as exc:
             self.alarm("reload_failed", f"kept model {self.bundle.meta['name']}: {exc}")
             return {"ok": False, "error": str(exc)}
-        if bundle.labels != self.bundle.labels:
-            msg = f"labels {bundle.labels} differ from the running model's {self.bundle.labels}"
+        if model.bundle.labels != self.bundle.labels:
+            msg = f"labels {model.bundle.labels} differ from the running model's {self.bundle.labels}"
             self.alarm("reload_failed", msg)
             return {"ok": False, "error": msg}
-        self._pending = (bundle, clf)
+        self.model = model  # each worker takes it with its next part
         if self.cfg.decision.threshold is None:
-            self.threshold = bundle.threshold
-        return {"ok": True, "model": bundle.meta["name"], "sha256": bundle.sha256}
+            self.threshold = model.bundle.threshold
+        return {"ok": True, "model": model.bundle.meta["name"], "sha256": model.bundle.sha256}
 
     def command(self, name: str, payload: dict) -> dict:
         """Commands from telemetry: threshold, pause, resume, reload, snapshot. Validated; never raises."""
@@ -293,12 +327,23 @@ class Runtime:
         self._tell(self.telemetry.stats, snap)
         return snap
 
+    def _publish_stats(self) -> dict:
+        snap = self.stats.snapshot() | {"gate": dict(self.gate.counts) | {"timing": self.gate.timing()},
+                                        "threshold": self.threshold,
+                                        "model": self.bundle.meta["name"], "paused": self.paused.is_set()}
+        self._tell(self.telemetry.stats, snap)
+        return snap
+
     # --- run ---------------------------------------------------------------------------------------------
 
     def run(self, duration: float | None = None, max_parts: int | None = None, on_stats=print) -> dict:
-        threads = [threading.Thread(target=self._capture, args=(max_parts,), name="capture", daemon=True),
-                   threading.Thread(target=self._preprocess, name="preprocess", daemon=True),
-                   threading.Thread(target=self._infer, name="infer", daemon=True)]
+        threads = [threading.Thread(target=self._capture, args=(max_parts,), name="capture", daemon=True)]
+        threads += [threading.Thread(target=self._work, args=(i,), name=f"inspect-{i}", daemon=True)
+                    for i in range(self.cfg.pipeline.workers)]
+        # everything built so far lives as long as the run: out of the collector's sight, a full collection
+        # no longer stops every thread for 10-20 ms (measured: the p99 latency of the 224 bundle halved)
+        gc.collect()
+        gc.freeze()
         for t in threads:
             t.start()
         t_end = time.monotonic() + duration if duration else None
@@ -322,7 +367,8 @@ class Runtime:
         finally:
             self.stop_event.set()
             for t in threads:
-                t.join(timeout=10)  # parts in flight finish: capture stops, the queues drain
+                t.join(timeout=10)  # parts in flight finish: capture stops, the queue drains
+            gc.unfreeze()
             self.gate.close(drain=True)
             self.light.set("off")
             final = self._publish_stats()

@@ -49,6 +49,8 @@ class _Paced:
 
 
 class FolderSource:
+    """Images in name order; `live` (parts passing at a set rate) only with `rate_hz`."""
+
     def __init__(self, cfg: SourceConfig):
         root = Path(cfg.path)
         if not root.is_dir():
@@ -57,6 +59,7 @@ class FolderSource:
         if not self.files:
             raise QCError(f"source.path {cfg.path!r} holds no images")
         self.cfg = cfg
+        self.live = cfg.rate_hz is not None
 
     def __iter__(self) -> Iterator[Frame]:
         pace, seq = _Paced(self.cfg.rate_hz), 0
@@ -82,7 +85,8 @@ class VideoSource:
     def __init__(self, cfg: SourceConfig, on_alarm: Callable[[str, str], None] | None = None):
         self.cfg = cfg
         self.on_alarm = on_alarm or (lambda kind, msg: None)
-        self.live = cfg.kind in ("camera", "stream")
+        self.camera = cfg.kind in ("camera", "stream")
+        self.live = self.camera or cfg.rate_hz is not None
         self.stopped = False
 
     def _open(self):
@@ -97,10 +101,10 @@ class VideoSource:
         return cap
 
     def __iter__(self) -> Iterator[Frame]:
-        pace = _Paced(None if self.live else self.cfg.rate_hz)
+        pace = _Paced(None if self.camera else self.cfg.rate_hz)
         seq, backoff = 0, self.cfg.reconnect_min_s
         cap = self._open()
-        if not cap.isOpened() and not self.live:
+        if not cap.isOpened() and not self.camera:
             raise QCError(f"source.path {self.cfg.path!r}: cannot open the video")
         while not self.stopped:
             ok, img = cap.read() if cap.isOpened() else (False, None)
@@ -110,7 +114,7 @@ class VideoSource:
                 yield Frame(seq, time.monotonic(), img, f"{self.cfg.path}#{seq}")
                 seq += 1
                 continue
-            if not self.live:
+            if not self.camera:
                 if self.cfg.loop:
                     cap.release()
                     cap = self._open()

@@ -443,8 +443,9 @@ def report(a):
 def _bench_args(p):
     p.add_argument("--bundle", type=Path, required=True, help="model bundle to measure")
     p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
-    p.add_argument("--threads", type=int, help="LiteRT CPU threads (default: as qc run, CPU cores - 1)")
-    p.add_argument("--seconds", type=float, default=5.0, help="how long the pipeline runs at each offered rate")
+    p.add_argument("--threads", type=int, help="LiteRT CPU threads per interpreter (default: as qc run)")
+    p.add_argument("--workers", type=int, help="pipeline workers (default: as qc run)")
+    p.add_argument("--seconds", type=float, default=5.0, help="how long each pipeline run is measured, after a 1 s warm-up")
 
 
 @command("bench", "benchmark the edge pipeline on 640x480 frames against its stages and a naive loop (JSON)")
@@ -452,7 +453,7 @@ def _bench_args(p):
 def bench(a):
     from edge.benchmark import run_benchmark
 
-    return run_benchmark(a.bundle, a.frames, a.threads, a.seconds)
+    return run_benchmark(a.bundle, a.frames, a.threads, a.seconds, a.workers)
 
 
 def _demo_args(p):

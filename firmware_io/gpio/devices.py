@@ -1,11 +1,12 @@
 """Devices on GPIO: the reject gate, the part-present sensor, the belt encoder and the stack light.
 
-The gate holds a FIFO of parts in flight per lane and fires each one a set delay (or encoder distance)
-after its capture stamp, on a dedicated timer that sleeps to absolute deadlines.
+The gate holds the parts in flight per lane in firing order and fires each one a set delay (or encoder
+distance) after its capture stamp, on a dedicated timer that sleeps to absolute deadlines.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
@@ -108,10 +109,8 @@ class RejectGate:
                 self.counts["overflow"] += 1
                 raise QCError(f"reject gate lane {lane} has {self.cfg.max_in_flight} parts in flight "
                               "(gate.max_in_flight): the line outruns the gate")
-            queue = self.queues[lane]
-            if queue and at < queue[-1]:
-                at = queue[-1]  # FIFO: a part never overtakes the one before it
-            queue.append(at)
+            # workers may decide parts out of capture order: each keeps its own place on the belt
+            bisect.insort(self.queues[lane], at)
             self.counts["scheduled"] += 1
             self._wake.notify()
         return Scheduled(lane, at, late)
