@@ -138,8 +138,14 @@ class Runtime:
     def _finish(self, part: _Part, d: Decision, bbox=None, bundle: Bundle | None = None) -> None:
         """Act on a decision: the gate at once; telemetry and the reject store in capture order."""
         part.done = True
-        frame, bundle = part.frame, bundle or self.bundle
-        reason = d.reason
+        event = None
+        try:
+            event = self._act(part, d, bbox, bundle or self.bundle)
+        finally:  # even a fault here must not leave a gap that holds back every later part's event
+            self._release(part.index, event, part.frame.image)
+
+    def _act(self, part: _Part, d: Decision, bbox, bundle: Bundle) -> dict:
+        frame, reason = part.frame, d.reason
         if d.decision == "reject":
             try:
                 sched = self.gate.schedule(part.stamp)
@@ -163,13 +169,18 @@ class Runtime:
         if frame.error:
             event["error"] = frame.error
         self.stats.add(d.decision, reason, {"end_to_end": latency, **part.t})
-        with self._order:  # workers finish out of order; what leaves here goes in capture order
-            self._finished[part.index] = (event, frame.image)
+        return event
+
+    def _release(self, index: int, event: dict | None, image) -> None:
+        """Workers finish out of order; telemetry and the reject store get parts in capture order."""
+        with self._order:
+            self._finished[index] = (event, image)
             while self._next_out in self._finished:
                 event, image = self._finished.pop(self._next_out)
                 self._next_out += 1
-                self._tell(self.telemetry.inspection, event)
-                self._keep(image, event)
+                if event is not None:
+                    self._tell(self.telemetry.inspection, event)
+                    self._keep(image, event)
 
     def _keep(self, image, event: dict) -> None:
         if not self.store or not (self.store.wants(event["decision"]) or self.snapshot_next.is_set()):

@@ -161,6 +161,23 @@ def test_parts_finished_out_of_order_are_published_and_stored_in_capture_order(b
     assert rt.gate.counts["fired"] == 16 and rt.gate.counts["late"] == 0
 
 
+def test_a_fault_while_acting_on_one_part_does_not_hold_back_the_others(bundle_dir, synth32, tmp_path):
+    src = frames(synth32, tmp_path, n=8)
+    rt, tel = make_runtime(bundle_dir, src, tmp_path)
+    add, calls = rt.stats.add, itertools.count(1)
+
+    def buggy_add(*args):
+        if next(calls) == 3:
+            raise KeyError("a bug")
+        add(*args)
+
+    rt.stats.add = buggy_add
+    rt.run(on_stats=lambda line: None)
+    assert len(tel.inspections) == 7  # the part that met the bug is alarmed; every later one still goes out
+    assert [e["seq"] for e in tel.inspections] == sorted(e["seq"] for e in tel.inspections)
+    assert [a["kind"] for a in tel.alarms] == ["internal"] and "a bug" in tel.alarms[0]["message"]
+
+
 def test_a_gate_with_too_many_parts_in_flight_alarms_and_the_line_keeps_going(bundle_dir, synth32, tmp_path):
     src = frames(synth32, tmp_path, n=6)
     rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, gpio__gate__max_in_flight=2,
@@ -353,8 +370,8 @@ def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundl
     cap, line = r["pipeline_capacity"], r["pipeline_at_line_rate"]
     for run in (cap, line):  # every part decided: inspected, or fail-safe with its reason
         assert run["parts"] > 0 and run["inspected"] + run["not_inspected"] == run["parts"] == sum(run["reasons"].values())
-    assert line["offered_per_s"] == round(LINE_SHARE * min(stages.values()), 1)
-    assert r["ratios"]["capacity_vs_naive"] == round(cap["inspected_per_s"] / naive, 3)
+    assert line["offered_per_s"] == pytest.approx(LINE_SHARE * min(stages.values()), abs=0.2)
+    assert r["ratios"]["capacity_vs_naive"] == pytest.approx(cap["inspected_per_s"] / naive, abs=0.002)
     assert r["meets_targets"] is False or line["not_inspected"] == 0  # targets are never met by losing parts
     assert r["workers"] == 2 or r["workers"] == os.cpu_count() == 1
     assert json.loads(json.dumps(r)) == r  # printable as JSON
