@@ -67,23 +67,39 @@ def _optimizer(cfg: TrainConfig, lr: float):
     return keras.optimizers.Adam(lr, weight_decay=cfg.weight_decay or None)
 
 
-class EpochLine(keras.callbacks.Callback):
-    """Adds val_defect_recall to the logs and prints one line per epoch."""
+class DefectRecall(keras.metrics.Metric):
+    """Share of defective parts (any label but 0, `good`) whose most likely class is a defect. Unweighted:
+    the class weights that the validation loss carries would not change it, but a share of parts is clearer."""
 
-    def __init__(self, net, val_x, val_y, batch_size: int, phase: str):
+    def __init__(self, name="defect_recall", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits")
+        self.defects = self.add_variable(shape=(), initializer="zeros", name="defects")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        defect = keras.ops.cast(keras.ops.reshape(y_true, (-1,)) != 0, "float32")
+        flagged = keras.ops.cast(keras.ops.argmax(y_pred, axis=-1) != 0, "float32")
+        self.hits.assign_add(keras.ops.sum(defect * flagged))
+        self.defects.assign_add(keras.ops.sum(defect))
+
+    def result(self):
+        return self.hits / keras.ops.maximum(self.defects, 1.0)
+
+
+class EpochLine(keras.callbacks.Callback):
+    """Prints one line per epoch (a two-output trainer names its metrics probs_accuracy and so on)."""
+
+    def __init__(self, phase: str):
         super().__init__()
-        self.net, self.val_x, self.val_defect = net, val_x, val_y != 0
-        self.batch_size, self.phase = batch_size, phase
+        self.phase = phase
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        probs = self.net.predict(self.val_x.astype(np.float32), batch_size=self.batch_size, verbose=0)
-        flagged = probs.argmax(1) != 0
-        logs["val_defect_recall"] = float(flagged[self.val_defect].mean()) if self.val_defect.any() else 1.0
-        for key in ("accuracy", "val_accuracy"):  # a two-output trainer names it probs_accuracy
-            logs.setdefault(key, logs.get(key.replace("accuracy", "probs_accuracy"), float("nan")))
+        for key in ("accuracy", "val_accuracy", "val_defect_recall"):
+            logs.setdefault(key, logs.get(key.replace("val_", "val_probs_") if key.startswith("val_")
+                                          else "probs_" + key, float("nan")))
         print(f"{self.phase} epoch {epoch + 1:3d}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
               f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  "
               f"val_defect_recall {logs['val_defect_recall']:.4f}  {time.monotonic() - self.t0:.1f}s",
@@ -121,23 +137,24 @@ def _class_loss(cfg: TrainConfig):
     return smoothed_sparse_ce
 
 
-def _fit(net, trainer, cfg, phase, lr, epochs, train_ds, val_ds, val_x, val_y, history):
+def _fit(net, trainer, cfg, phase, lr, epochs, train_ds, val_ds, history):
     rate = _rate(cfg, lr, epochs, cfg.steps_per_epoch or int(train_ds.cardinality()))
     if trainer is net:
-        trainer.compile(optimizer=_optimizer(cfg, rate), loss=_class_loss(cfg), metrics=["accuracy"])
+        trainer.compile(optimizer=_optimizer(cfg, rate), loss=_class_loss(cfg), metrics=["accuracy", DefectRecall()])
     else:
         trainer.compile(optimizer=_optimizer(cfg, rate),
                         loss={"probs": _class_loss(cfg), "cam": masked_sparse_ce},
-                        loss_weights={"probs": 1.0, "cam": cfg.mask_supervision}, metrics={"probs": ["accuracy"]})
+                        loss_weights={"probs": 1.0, "cam": cfg.mask_supervision},
+                        metrics={"probs": ["accuracy", DefectRecall()]})
     callbacks = [
-        EpochLine(net, val_x, val_y, cfg.batch_size, phase),
+        EpochLine(phase),
         keras.callbacks.EarlyStopping("val_loss", patience=cfg.patience, restore_best_weights=True),
     ]
     if cfg.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, cfg.patience // 3),
                                                            min_lr=lr / 100))
     h = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=cfg.steps_per_epoch,
-                    callbacks=callbacks, verbose=0)
+                    callbacks=callbacks, shuffle=False, verbose=0)  # train_ds shuffles itself
     for key, values in h.history.items():
         history.setdefault(key, []).extend(float(v) for v in values)
     history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
@@ -184,13 +201,12 @@ def train(cfg: TrainConfig) -> dict:
     backbone = net.get_layer("backbone")
     if pretrained and cfg.head_epochs:
         backbone.trainable = False
-        _fit(net, trainer, cfg, "head", cfg.learning_rate, cfg.head_epochs, train_ds, val_ds, x_val, y_val, history)
+        _fit(net, trainer, cfg, "head", cfg.learning_rate, cfg.head_epochs, train_ds, val_ds, history)
         backbone.trainable = True  # unfreeze, recompile (in _fit), fine-tune at a low rate
-        _fit(net, trainer, cfg, "fine-tune", cfg.fine_tune_learning_rate, cfg.epochs, train_ds, val_ds, x_val,
-             y_val, history)
+        _fit(net, trainer, cfg, "fine-tune", cfg.fine_tune_learning_rate, cfg.epochs, train_ds, val_ds, history)
     else:
         lr = cfg.fine_tune_learning_rate if cfg.init_from else cfg.learning_rate
-        _fit(net, trainer, cfg, "train", lr, cfg.epochs, train_ds, val_ds, x_val, y_val, history)
+        _fit(net, trainer, cfg, "train", lr, cfg.epochs, train_ds, val_ds, history)
     wall = time.monotonic() - t0
     net.save(cfg.out / "model.keras")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
