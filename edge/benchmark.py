@@ -28,6 +28,7 @@ from edge.telemetry import MemoryTelemetry
 __all__ = ["run_benchmark"]
 
 LINE_SHARE = 0.8  # the line rate for the latency run, as a share of the slowest stage (the target)
+SLOWER_LINES = (0.4, 0.6)  # also measured: where the latency tail holds when the line leaves more headroom
 
 
 def _rate(fn, n: int) -> float:
@@ -112,6 +113,9 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         folder = {"kind": "folder", "path": tmp, "loop": True}
         capacity = _pipeline(cfg_values, folder, seconds, warmup)
         line = _pipeline(cfg_values, folder | {"rate_hz": LINE_SHARE * slowest}, seconds, warmup)
+        slower = [{"share_of_slowest_stage": share, "offered_per_s": round(share * slowest, 1),
+                   **_pipeline(cfg_values, folder | {"rate_hz": share * slowest}, seconds, warmup)}
+                  for share in SLOWER_LINES]
     result = {
         "benchmark": "edge_pipeline", "bundle": str(bundle_path), "model": bundle.meta["name"],
         "input": bundle.meta["input"]["shape"], "frame": [480, 640], "num_threads": cfg.classifier.num_threads,
@@ -121,6 +125,8 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         "naive_sequential_loop_per_s": round(naive, 1),
         "pipeline_capacity": capacity,
         "pipeline_at_line_rate": {"offered_per_s": round(LINE_SHARE * slowest, 1), **line},
+        "latency_at_slower_lines": [{k: run[k] for k in ("share_of_slowest_stage", "offered_per_s", "not_inspected",
+                                                         "latency_p50_ms", "latency_p99_ms")} for run in slower],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     result["ratios"] = {

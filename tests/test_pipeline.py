@@ -362,7 +362,7 @@ def test_encoder_triggers_a_part_every_pitch_and_fires_by_distance(bundle_dir, s
 
 
 def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundle_dir):
-    from edge.benchmark import LINE_SHARE, run_benchmark
+    from edge.benchmark import LINE_SHARE, SLOWER_LINES, run_benchmark
 
     r = run_benchmark(bundle_dir, n=20, seconds=0.5, warmup=0.2)
     stages, naive = r["stages_alone_per_s"], r["naive_sequential_loop_per_s"]
@@ -371,6 +371,10 @@ def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundl
     for run in (cap, line):  # every part decided: inspected, or fail-safe with its reason
         assert run["parts"] > 0 and run["inspected"] + run["not_inspected"] == run["parts"] == sum(run["reasons"].values())
     assert line["offered_per_s"] == pytest.approx(LINE_SHARE * min(stages.values()), abs=0.2)
+    slower = r["latency_at_slower_lines"]
+    assert [s["share_of_slowest_stage"] for s in slower] == list(SLOWER_LINES)
+    assert all(s["offered_per_s"] < line["offered_per_s"] and s["latency_p99_ms"] >= s["latency_p50_ms"] > 0
+               for s in slower)
     assert r["ratios"]["capacity_vs_naive"] == pytest.approx(cap["inspected_per_s"] / naive, abs=0.002)
     assert r["meets_targets"] is False or line["not_inspected"] == 0  # targets are never met by losing parts
     assert r["workers"] == 2 or r["workers"] == os.cpu_count() == 1
