@@ -338,13 +338,6 @@ class Runtime:
         self._tell(self.telemetry.stats, snap)
         return snap
 
-    def _publish_stats(self) -> dict:
-        snap = self.stats.snapshot() | {"gate": dict(self.gate.counts) | {"timing": self.gate.timing()},
-                                        "threshold": self.threshold,
-                                        "model": self.bundle.meta["name"], "paused": self.paused.is_set()}
-        self._tell(self.telemetry.stats, snap)
-        return snap
-
     # --- run ---------------------------------------------------------------------------------------------
 
     def run(self, duration: float | None = None, max_parts: int | None = None, on_stats=print) -> dict:
