@@ -9,7 +9,15 @@ from edge.errors import QCError
 from qc.cli import main
 from training import model as models
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
-from training.train import TrainConfig, _class_loss, _optimizer, _rate, balanced_class_weights, train
+from training.train import (
+    DefectRecall,
+    TrainConfig,
+    _class_loss,
+    _optimizer,
+    _rate,
+    balanced_class_weights,
+    train,
+)
 
 from .conftest import TINY
 
@@ -207,3 +215,13 @@ def test_cam_targets_follow_masks_and_ignore_unmasked_defects():
 def test_mask_supervision_trains_both_outputs(tiny_run):
     history = json.loads((tiny_run / "history.json").read_text())
     assert "cam_loss" in history and "probs_loss" in history  # synth32 has masks: the map was supervised
+
+
+def test_defect_recall_counts_defective_parts_flagged_as_any_defect():
+    m = DefectRecall()
+    m.update_state(np.array([1, 2, 0]), np.array([[0.9, 0.1, 0.0], [0.2, 0.1, 0.7], [0.1, 0.9, 0.0]]))
+    m.update_state(np.array([2]), np.array([[0.1, 0.8, 0.1]]))  # the wrong defect class still rejects the part
+    assert float(m.result()) == pytest.approx(2 / 3)
+    m.reset_state()
+    m.update_state(np.array([0]), np.array([[0.2, 0.8, 0.0]]))
+    assert float(m.result()) == 1.0  # no defective parts: nothing missed

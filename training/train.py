@@ -68,8 +68,8 @@ def _optimizer(cfg: TrainConfig, lr: float):
 
 
 class DefectRecall(keras.metrics.Metric):
-    """Share of defective parts (any label but 0, `good`) whose most likely class is a defect. Unweighted:
-    the class weights that the validation loss carries would not change it, but a share of parts is clearer."""
+    """Share of defective parts (any label but 0, `good`) whose most likely class is a defect, counted per
+    part: the class weights the loss carries are ignored. 1.0 when there are no defective parts."""
 
     def __init__(self, name="defect_recall", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -83,7 +83,7 @@ class DefectRecall(keras.metrics.Metric):
         self.defects.assign_add(keras.ops.sum(defect))
 
     def result(self):
-        return self.hits / keras.ops.maximum(self.defects, 1.0)
+        return keras.ops.where(self.defects > 0, self.hits / keras.ops.maximum(self.defects, 1.0), 1.0)
 
 
 class EpochLine(keras.callbacks.Callback):
