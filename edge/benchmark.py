@@ -93,18 +93,19 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         clf = make_classifier(load_bundle(bundle_path), cfg.classifier.backend, cfg.classifier.num_threads)
         bundle = clf.bundle
         h, w = bundle.input_size
+        method = bundle.meta["input"].get("resize", "area")  # as the pipeline resizes
         blobs = [np.fromfile(p, np.uint8) for p in paths]
         frames = [cv2.imdecode(b, cv2.IMREAD_COLOR) for b in blobs]
-        rgb = prepare(frames[0], (h, w), bundle.meta["input"]["resize"], bgr=True)
+        rgb = prepare(frames[0], (h, w), method, bgr=True)
         it = iter(range(10**9))
         read = _rate(lambda: cv2.imdecode(blobs[next(it) % len(blobs)], cv2.IMREAD_COLOR), n)
-        pre = _rate(lambda: prepare(frames[next(it) % len(frames)], (h, w), "area", bgr=True), n)
+        pre = _rate(lambda: prepare(frames[next(it) % len(frames)], (h, w), method, bgr=True), n)
         clf.interpreter.set_tensor(clf._in["index"], rgb[None])
         invoke = _rate(clf.interpreter.invoke, n)
 
         def naive_one():
             img = cv2.imdecode(blobs[next(it) % len(blobs)], cv2.IMREAD_COLOR)
-            res = clf.infer(prepare(img, (h, w), "area", bgr=True))
+            res = clf.infer(prepare(img, (h, w), method, bgr=True))
             decide(res.scores, bundle.labels, bundle.threshold, bundle.good_index)
 
         naive = _rate(naive_one, n)
