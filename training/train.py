@@ -89,6 +89,9 @@ class DefectRecall(keras.metrics.Metric):
 class EpochLine(keras.callbacks.Callback):
     """Prints one line per epoch (a two-output trainer names its metrics probs_accuracy and so on)."""
 
+    ALIASES = {"accuracy": "probs_accuracy", "val_accuracy": "val_probs_accuracy",
+               "val_defect_recall": "val_probs_defect_recall"}
+
     def __init__(self, phase: str):
         super().__init__()
         self.phase = phase
@@ -97,9 +100,8 @@ class EpochLine(keras.callbacks.Callback):
         self.t0 = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        for key in ("accuracy", "val_accuracy", "val_defect_recall"):
-            logs.setdefault(key, logs.get(key.replace("val_", "val_probs_") if key.startswith("val_")
-                                          else "probs_" + key, float("nan")))
+        for key, two_output_name in self.ALIASES.items():
+            logs.setdefault(key, logs.get(two_output_name, float("nan")))
         print(f"{self.phase} epoch {epoch + 1:3d}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
               f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  "
               f"val_defect_recall {logs['val_defect_recall']:.4f}  {time.monotonic() - self.t0:.1f}s",
