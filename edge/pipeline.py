@@ -270,7 +270,8 @@ class Runtime:
             frame.error = f"model: {exc}"
             self.alarm("model_failed", f"inference failed on part {frame.seq}: {exc}")
             return self._finish(part, failsafe("failsafe", on_error))
-        part.t["preprocess"], part.t["infer"] = (t1 - t0) * 1000, (time.monotonic() - t1) * 1000
+        part.t["queue"], part.t["preprocess"], part.t["infer"] = ((t0 - frame.stamp) * 1000, (t1 - t0) * 1000,
+                                                                   (time.monotonic() - t1) * 1000)
         bbox = None
         if d.decision == "reject" and result.cam is not None:
             shape = (roi[3], roi[2]) if roi else frame.image.shape[:2]
