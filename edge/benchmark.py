@@ -4,11 +4,14 @@ Stages alone (read = BMP decode, preprocess, bare interpreter invoke) and a naiv
 pipeline as `qc run` builds it, twice: its capacity (frames from a recorded folder, which waits for the
 workers, so the rate is what they sustain) and its latency at a line rate of 80 % of the slowest stage
 (parts paced as on a conveyor: p50/p99 from capture to decision, and whether every part was inspected),
-also at 40 % and 60 %. All after a warm-up; peak RSS. Prints JSON.
+also at 40 % and 60 %. Beside the latency run, its floor on this machine: the naive loop in as many processes
+as the pipeline has workers, paced together at the same line rate (no shared GIL, no queue: what the machine's
+scheduling alone does to the tail). All after a warm-up; peak RSS. Prints JSON.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import tempfile
 import time
@@ -24,6 +27,7 @@ from edge.config import validate_config
 from edge.decision import decide
 from edge.pipeline import Runtime
 from edge.preprocess import prepare
+from edge.sources import _Paced
 from edge.telemetry import MemoryTelemetry
 
 __all__ = ["run_benchmark"]
@@ -61,6 +65,46 @@ class _Timeline(MemoryTelemetry):
 
     def inspection(self, event: dict) -> None:
         self.parts.append((time.monotonic(), event["latency_ms"], event["reason"]))
+
+
+def _naive_part(clf, blob: np.ndarray, method: str) -> None:
+    """One part the naive way: decode, preprocess, invoke, decide."""
+    bundle = clf.bundle
+    img = cv2.imdecode(blob, cv2.IMREAD_COLOR)
+    res = clf.infer(prepare(img, bundle.input_size, method, bgr=True))
+    decide(res.scores, bundle.labels, bundle.threshold, bundle.good_index)
+
+
+def _paced_naive_loop(bundle_path: str, backend: str, num_threads: int, paths: list[str], rate: float,
+                      start_at: float, warmup: float, seconds: float) -> list[float]:
+    """One process's share of the line: the naive loop paced at `rate` from `start_at`; latencies (ms, from
+    the part's capture to its decision) after the warm-up."""
+    clf = make_classifier(load_bundle(Path(bundle_path)), backend, num_threads)
+    method = clf.bundle.meta["input"].get("resize", "area")
+    blobs = [np.fromfile(p, np.uint8) for p in paths]
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    pace, latencies, i = _Paced(rate), [], 0
+    while time.monotonic() < start_at + warmup + seconds:
+        pace.wait()
+        stamp = time.monotonic()
+        _naive_part(clf, blobs[i % len(blobs)], method)
+        if stamp >= start_at + warmup:
+            latencies.append((time.monotonic() - stamp) * 1000)
+        i += 1
+    return latencies
+
+
+def _machine_floor(bundle_path: Path, backend: str, num_threads: int, paths: list[Path], rate: float,
+                   processes: int, seconds: float, warmup: float) -> dict:
+    """The naive loop in `processes` processes sharing the line rate, their parts interleaved as on the line."""
+    start_at = time.monotonic() + 3.0  # after the processes have started and loaded the model
+    args = [(str(bundle_path), backend, num_threads, [str(p) for p in paths], rate / processes,
+             start_at + k / rate, warmup, seconds) for k in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        latency = np.concatenate([np.array(lat) for lat in pool.starmap(_paced_naive_loop, args)])
+    p50, p99 = (float(np.percentile(latency, q)) for q in (50, 99))
+    return {"processes": processes, "offered_per_s": round(rate, 1), "parts": len(latency),
+            "latency_p50_ms": round(p50, 2), "latency_p99_ms": round(p99, 2), "p99_over_p50": round(p99 / p50, 2)}
 
 
 def _pipeline(cfg_values: dict, source: dict, seconds: float, warmup: float) -> dict:
@@ -103,12 +147,7 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         clf.interpreter.set_tensor(clf._in["index"], rgb[None])
         invoke = _rate(clf.interpreter.invoke, n)
 
-        def naive_one():
-            img = cv2.imdecode(blobs[next(it) % len(blobs)], cv2.IMREAD_COLOR)
-            res = clf.infer(prepare(img, (h, w), method, bgr=True))
-            decide(res.scores, bundle.labels, bundle.threshold, bundle.good_index)
-
-        naive = _rate(naive_one, n)
+        naive = _rate(lambda: _naive_part(clf, blobs[next(it) % len(blobs)], method), n)
         slowest = min(read, pre, invoke)
         folder = {"kind": "folder", "path": tmp, "loop": True}
         capacity = _pipeline(cfg_values, folder, seconds, warmup)
@@ -118,6 +157,9 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
                     **_pipeline(cfg_values, folder | {"rate_hz": share * slowest}, seconds, warmup)}
 
         line = paced(LINE_SHARE)
+        c = cfg.classifier
+        floor = _machine_floor(bundle_path, c.backend, c.num_threads, paths, LINE_SHARE * slowest,
+                               cfg.pipeline.workers, seconds, warmup)
         slower = {share: paced(share) for share in SLOWER_LINES}
     result = {
         "benchmark": "edge_pipeline", "bundle": str(bundle_path), "model": bundle.meta["name"],
@@ -128,6 +170,7 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         "naive_sequential_loop_per_s": round(naive, 1),
         "pipeline_capacity": capacity,
         "pipeline_at_line_rate": line,
+        "naive_loop_in_processes_at_line_rate": floor,
         "latency_at_slower_lines": [{"share_of_slowest_stage": share} | {k: run[k] for k in (
             "offered_per_s", "not_inspected", "latency_p50_ms", "latency_p99_ms")} for share, run in slower.items()],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

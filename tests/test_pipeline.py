@@ -66,6 +66,9 @@ def test_every_part_gets_exactly_one_decision(bundle_dir, synth32, tmp_path):
         x, y, w, h = e["box"]
         assert 0 <= x and 0 <= y and x + w <= 32 and y + h <= 32
     assert tel.stats_ and tel.stats_[-1]["counts"]["parts"] == 12
+    stages = final["latency_ms"]  # per stage, so queueing shows apart from the work
+    assert set(stages) == {"end_to_end", "queue", "preprocess", "infer"}
+    assert stages["end_to_end"]["p50"] >= stages["queue"]["p50"] >= 0
     assert all(e["model"]["sha256"] == rt.bundle.sha256 for e in tel.inspections)
 
 
@@ -376,6 +379,9 @@ def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundl
     assert all(s["offered_per_s"] < line["offered_per_s"] and s["latency_p99_ms"] >= s["latency_p50_ms"] > 0
                for s in slower)
     assert r["ratios"]["capacity_vs_naive"] == pytest.approx(cap["inspected_per_s"] / naive, abs=0.002)
+    floor = r["naive_loop_in_processes_at_line_rate"]  # the same line rate with no pipeline at all
+    assert floor["processes"] == r["workers"] and floor["offered_per_s"] == line["offered_per_s"]
+    assert floor["parts"] > 0 and floor["latency_p99_ms"] >= floor["latency_p50_ms"] > 0
     assert r["meets_targets"] is False or line["not_inspected"] == 0  # targets are never met by losing parts
     assert r["workers"] == 2 or r["workers"] == os.cpu_count() == 1
     assert json.loads(json.dumps(r)) == r  # printable as JSON
