@@ -158,8 +158,9 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
 
         line = paced(LINE_SHARE)
         c = cfg.classifier
+        processes = 1 if clf.name == "edgetpu" else cfg.pipeline.workers  # one process can hold an Edge TPU
         floor = _machine_floor(bundle_path, c.backend, c.num_threads, paths, LINE_SHARE * slowest,
-                               cfg.pipeline.workers, seconds, warmup)
+                               processes, seconds, warmup)
         slower = {share: paced(share) for share in SLOWER_LINES}
     result = {
         "benchmark": "edge_pipeline", "bundle": str(bundle_path), "model": bundle.meta["name"],
