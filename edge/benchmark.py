@@ -67,11 +67,11 @@ class _Timeline(MemoryTelemetry):
         self.parts.append((time.monotonic(), event["latency_ms"], event["reason"]))
 
 
-def _naive_part(clf, blob: np.ndarray, method: str) -> None:
+def _naive_part(clf, blob: np.ndarray) -> None:
     """One part the naive way: decode, preprocess, invoke, decide."""
     bundle = clf.bundle
     img = cv2.imdecode(blob, cv2.IMREAD_COLOR)
-    res = clf.infer(prepare(img, bundle.input_size, method, bgr=True))
+    res = clf.infer(prepare(img, bundle.input_size, bundle.resize, bgr=True))
     decide(res.scores, bundle.labels, bundle.threshold, bundle.good_index)
 
 
@@ -80,14 +80,13 @@ def _paced_naive_loop(bundle_path: str, backend: str, num_threads: int, paths: l
     """One process's share of the line: the naive loop paced at `rate` from `start_at`; latencies (ms, from
     the part's capture to its decision) after the warm-up."""
     clf = make_classifier(load_bundle(Path(bundle_path)), backend, num_threads)
-    method = clf.bundle.meta["input"].get("resize", "area")
     blobs = [np.fromfile(p, np.uint8) for p in paths]
     time.sleep(max(0.0, start_at - time.monotonic()))
     pace, latencies, i = _Paced(rate), [], 0
     while time.monotonic() < start_at + warmup + seconds:
         pace.wait()
         stamp = time.monotonic()
-        _naive_part(clf, blobs[i % len(blobs)], method)
+        _naive_part(clf, blobs[i % len(blobs)])
         if stamp >= start_at + warmup:
             latencies.append((time.monotonic() - stamp) * 1000)
         i += 1
@@ -137,7 +136,7 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         clf = make_classifier(load_bundle(bundle_path), cfg.classifier.backend, cfg.classifier.num_threads)
         bundle = clf.bundle
         h, w = bundle.input_size
-        method = bundle.meta["input"].get("resize", "area")  # as the pipeline resizes
+        method = bundle.resize  # as the pipeline resizes
         blobs = [np.fromfile(p, np.uint8) for p in paths]
         frames = [cv2.imdecode(b, cv2.IMREAD_COLOR) for b in blobs]
         rgb = prepare(frames[0], (h, w), method, bgr=True)
@@ -147,7 +146,7 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
         clf.interpreter.set_tensor(clf._in["index"], rgb[None])
         invoke = _rate(clf.interpreter.invoke, n)
 
-        naive = _rate(lambda: _naive_part(clf, blobs[next(it) % len(blobs)], method), n)
+        naive = _rate(lambda: _naive_part(clf, blobs[next(it) % len(blobs)]), n)
         slowest = min(read, pre, invoke)
         folder = {"kind": "folder", "path": tmp, "loop": True}
         capacity = _pipeline(cfg_values, folder, seconds, warmup)

@@ -51,6 +51,11 @@ class Bundle:
         return h, w
 
     @property
+    def resize(self) -> str:
+        """How frames are resized to the input, as in training (`preprocess.RESIZE_METHODS`)."""
+        return self.meta["input"].get("resize", "area")
+
+    @property
     def output_kind(self) -> str:
         return self.meta["output"].get("kind", "softmax")  # bundles from before logits say nothing
 

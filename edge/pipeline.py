@@ -254,7 +254,7 @@ class Runtime:
         roi = self.cfg.pipeline.roi
         t0 = time.monotonic()
         try:
-            rgb = prepare(frame.image, model.bundle.input_size, model.bundle.meta["input"].get("resize", "area"),
+            rgb = prepare(frame.image, model.bundle.input_size, model.bundle.resize,
                           bgr=self.cfg.source.bgr, roi=roi)
         except Exception as exc:
             frame.error = f"preprocess: {exc}"
