@@ -27,7 +27,7 @@ from edge.config import validate_config
 from edge.decision import decide
 from edge.pipeline import Runtime
 from edge.preprocess import prepare
-from edge.sources import _Paced
+from edge.sources import Paced
 from edge.telemetry import MemoryTelemetry
 
 __all__ = ["run_benchmark"]
@@ -82,7 +82,7 @@ def _paced_naive_loop(bundle_path: str, backend: str, num_threads: int, paths: l
     clf = make_classifier(load_bundle(Path(bundle_path)), backend, num_threads)
     blobs = [np.fromfile(p, np.uint8) for p in paths]
     time.sleep(max(0.0, start_at - time.monotonic()))
-    pace, latencies, i = _Paced(rate), [], 0
+    pace, latencies, i = Paced(rate), [], 0
     while time.monotonic() < start_at + warmup + seconds:
         pace.wait()
         stamp = time.monotonic()

@@ -17,7 +17,7 @@ import numpy as np
 from edge.config import SourceConfig
 from edge.errors import QCError
 
-__all__ = ["Frame", "FolderSource", "VideoSource", "make_source"]
+__all__ = ["Frame", "FolderSource", "Paced", "VideoSource", "make_source"]
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -32,7 +32,7 @@ class Frame:
     wall: float = field(default_factory=time.time)
 
 
-class _Paced:
+class Paced:
     """Sleeps to absolute times so a set part rate does not drift."""
 
     def __init__(self, rate_hz: float | None):
@@ -62,7 +62,7 @@ class FolderSource:
         self.live = cfg.rate_hz is not None
 
     def __iter__(self) -> Iterator[Frame]:
-        pace, seq = _Paced(self.cfg.rate_hz), 0
+        pace, seq = Paced(self.cfg.rate_hz), 0
         while True:
             for path in self.files:
                 pace.wait()
@@ -101,7 +101,7 @@ class VideoSource:
         return cap
 
     def __iter__(self) -> Iterator[Frame]:
-        pace = _Paced(None if self.camera else self.cfg.rate_hz)
+        pace = Paced(None if self.camera else self.cfg.rate_hz)
         seq, backoff = 0, self.cfg.reconnect_min_s
         cap = self._open()
         if not cap.isOpened() and not self.camera:
