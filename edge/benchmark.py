@@ -1,8 +1,8 @@
 """`qc bench --bundle B`: how fast the edge inspects 640x480 frames, against baselines in the same run.
 
 Stages alone (read = BMP decode, preprocess, bare interpreter invoke) and a naive sequential loop; then the
-pipeline as `qc run` builds it, twice: its capacity (frames from a recorded folder, which waits for the
-workers, so the rate is what they sustain) and its latency at a line rate of 80 % of the slowest stage
+pipeline as `qc run` builds it, fed the same encoded frames from memory: its capacity (unpaced, as a
+recording, which waits for the workers, so the rate is what they sustain) and its latency at a line rate of 80 % of the slowest stage
 (parts paced as on a conveyor: p50/p99 from capture to decision, and whether every part was inspected),
 also at 40 % and 60 %. Beside the latency run, its floor on this machine: the naive loop in as many processes
 as the pipeline has workers, paced together at the same line rate (no shared GIL, no queue: what the machine's
@@ -11,6 +11,7 @@ scheduling alone does to the tail). All after a warm-up; peak RSS. Prints JSON.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import resource
 import tempfile
@@ -23,11 +24,11 @@ import numpy as np
 
 from edge.bundle import load_bundle
 from edge.classifiers import make_classifier
-from edge.config import validate_config
+from edge.config import EdgeConfig, validate_config
 from edge.decision import decide
 from edge.pipeline import Runtime
 from edge.preprocess import prepare
-from edge.sources import Paced
+from edge.sources import Frame, Paced
 from edge.telemetry import MemoryTelemetry
 
 __all__ = ["run_benchmark"]
@@ -106,10 +107,25 @@ def _machine_floor(bundle_path: Path, backend: str, num_threads: int, paths: lis
             "latency_p50_ms": round(p50, 2), "latency_p99_ms": round(p99, 2), "p99_over_p50": round(p99 / p50, 2)}
 
 
-def _pipeline(cfg_values: dict, source: dict, seconds: float, warmup: float) -> dict:
+class _Line:
+    """Encoded frames from memory, looping, as the naive loop and the stages get them: no file reads, which a
+    camera does not do either. Paced at `rate` (a live line: overflow is a fail-safe reject), or unpaced (a
+    recording, which waits for the workers)."""
+
+    def __init__(self, blobs: list[np.ndarray], rate: float | None = None):
+        self.blobs, self.rate, self.live = blobs, rate, rate is not None
+
+    def __iter__(self):
+        pace = Paced(self.rate)
+        for seq in itertools.count():
+            pace.wait()
+            yield Frame(seq, time.monotonic(), None, "bench", encoded=self.blobs[seq % len(self.blobs)])
+
+
+def _pipeline(cfg: EdgeConfig, source: _Line, seconds: float, warmup: float) -> dict:
     """Run the pipeline; figures over the parts decided from `warmup` after the first decision, for `seconds`."""
     tel = _Timeline()
-    runtime = Runtime(validate_config(cfg_values | {"source": source}), tel)
+    runtime = Runtime(cfg, tel, source=source)
     runtime.run(duration=warmup + seconds + 0.5, on_stats=lambda line: None)
     start = tel.parts[0][0] + warmup if tel.parts else 0.0
     parts = [p for p in tel.parts if start <= p[0] <= start + seconds]
@@ -148,12 +164,11 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
 
         naive = _rate(lambda: _naive_part(clf, blobs[next(it) % len(blobs)]), n)
         slowest = min(read, pre, invoke)
-        folder = {"kind": "folder", "path": tmp, "loop": True}
-        capacity = _pipeline(cfg_values, folder, seconds, warmup)
+        capacity = _pipeline(cfg, _Line(blobs), seconds, warmup)
 
         def paced(share: float) -> dict:
             return {"offered_per_s": round(share * slowest, 1),
-                    **_pipeline(cfg_values, folder | {"rate_hz": share * slowest}, seconds, warmup)}
+                    **_pipeline(cfg, _Line(blobs, share * slowest), seconds, warmup)}
 
         line = paced(LINE_SHARE)
         c = cfg.classifier

@@ -142,7 +142,7 @@ class Runtime:
         try:
             event = self._act(part, d, bbox, bundle or self.bundle)
         finally:  # even a fault here must not leave a gap that holds back every later part's event
-            self._release(part.index, event, part.frame.image)
+            self._release(part.index, event, part.frame)
 
     def _act(self, part: _Part, d: Decision, bbox, bundle: Bundle) -> dict:
         frame, reason = part.frame, d.reason
@@ -171,23 +171,23 @@ class Runtime:
         self.stats.add(d.decision, reason, {"end_to_end": latency, **part.t})
         return event
 
-    def _release(self, index: int, event: dict | None, image) -> None:
+    def _release(self, index: int, event: dict | None, frame: Frame) -> None:
         """Workers finish out of order; telemetry and the reject store get parts in capture order."""
         with self._order:
-            self._finished[index] = (event, image)
+            self._finished[index] = (event, frame)
             while self._next_out in self._finished:
-                event, image = self._finished.pop(self._next_out)
+                event, frame = self._finished.pop(self._next_out)
                 self._next_out += 1
                 if event is not None:
                     self._tell(self.telemetry.inspection, event)
-                    self._keep(image, event)
+                    self._keep(frame, event)
 
-    def _keep(self, image, event: dict) -> None:
+    def _keep(self, frame: Frame, event: dict) -> None:
         if not self.store or not (self.store.wants(event["decision"]) or self.snapshot_next.is_set()):
             return
         self.snapshot_next.clear()
         try:
-            self.store.save(image, event)
+            self.store.save(frame.image, event)
         except Exception as exc:  # a full disk loses the review copy, not the line
             self.alarm("store_failed", f"reject of part {event['seq']} not saved: {exc}")
 
@@ -246,13 +246,14 @@ class Runtime:
 
     def _inspect(self, part: _Part, worker: int) -> None:
         model, frame, on_error = self.model, part.frame, self.cfg.decision.on_error
-        if frame.image is None:
-            return self._finish(part, failsafe("failsafe", on_error))
-        if time.monotonic() - frame.stamp > self.cfg.decision.deadline_ms / 1000:
+        t0 = time.monotonic()
+        if t0 - frame.stamp > self.cfg.decision.deadline_ms / 1000:
             frame.error = f"not inspected within decision.deadline_ms {self.cfg.decision.deadline_ms}"
             return self._finish(part, failsafe("failsafe", on_error))
+        if frame.image is None:
+            return self._finish(part, failsafe("failsafe", on_error))
         roi = self.cfg.pipeline.roi
-        t0 = time.monotonic()
+        td = time.monotonic()
         try:
             rgb = prepare(frame.image, model.bundle.input_size, model.bundle.resize,
                           bgr=self.cfg.source.bgr, roi=roi)
@@ -270,8 +271,8 @@ class Runtime:
             frame.error = f"model: {exc}"
             self.alarm("model_failed", f"inference failed on part {frame.seq}: {exc}")
             return self._finish(part, failsafe("failsafe", on_error))
-        part.t["queue"], part.t["preprocess"], part.t["infer"] = ((t0 - frame.stamp) * 1000, (t1 - t0) * 1000,
-                                                                   (time.monotonic() - t1) * 1000)
+        part.t |= {"queue": (t0 - frame.stamp) * 1000, "decode": (td - t0) * 1000, "preprocess": (t1 - td) * 1000,
+                   "infer": (time.monotonic() - t1) * 1000}
         bbox = None
         if d.decision == "reject" and result.cam is not None:
             shape = (roi[3], roi[2]) if roi else frame.image.shape[:2]

@@ -24,12 +24,25 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 @dataclass
 class Frame:
+    """A captured frame. A source that reads encoded bytes (a folder) leaves them in `encoded`: `image` decodes
+    them on first use, on a worker, so the capture thread only stamps and reads and decoding runs in parallel."""
+
     seq: int
     stamp: float  # monotonic capture time (s)
-    image: np.ndarray | None  # None: could not be decoded
+    pixels: np.ndarray | None  # None: not decoded (yet, or ever: then `error` says why)
     origin: str = ""
     error: str | None = None
     wall: float = field(default_factory=time.time)
+    encoded: np.ndarray | None = None
+
+    @property
+    def image(self) -> np.ndarray | None:
+        if self.encoded is not None:
+            data, self.encoded = self.encoded, None
+            self.pixels = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+            if self.pixels is None:
+                self.error = f"cannot decode {self.origin}"
+        return self.pixels
 
 
 class Paced:
@@ -72,8 +85,7 @@ class FolderSource:
                 except OSError as exc:  # removed or unreadable since the scan: a fail-safe reject, not a stop
                     yield Frame(seq, stamp, None, str(path), f"cannot read {path}: {exc.strerror or exc}")
                 else:
-                    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-                    yield Frame(seq, stamp, img, str(path), None if img is not None else f"cannot decode {path}")
+                    yield Frame(seq, stamp, None, str(path), encoded=buf)
                 seq += 1
             if not self.cfg.loop:
                 return

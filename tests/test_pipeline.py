@@ -67,7 +67,7 @@ def test_every_part_gets_exactly_one_decision(bundle_dir, synth32, tmp_path):
         assert 0 <= x and 0 <= y and x + w <= 32 and y + h <= 32
     assert tel.stats_ and tel.stats_[-1]["counts"]["parts"] == 12
     stages = final["latency_ms"]  # per stage, so queueing shows apart from the work
-    assert set(stages) == {"end_to_end", "queue", "preprocess", "infer"}
+    assert set(stages) == {"end_to_end", "queue", "decode", "preprocess", "infer"}
     assert stages["end_to_end"]["p50"] >= stages["queue"]["p50"] >= 0
     assert all(e["model"]["sha256"] == rt.bundle.sha256 for e in tel.inspections)
 

@@ -21,7 +21,10 @@ def test_a_folder_image_removed_after_the_scan_is_a_frame_without_image(tmp_path
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8, 3), 50 * i, np.uint8))
     frames = iter(make_source(SourceConfig(kind="folder", path=str(tmp_path))))
-    assert next(frames).image is not None
+    first = next(frames)
+    # the capture thread only reads the bytes: decoding waits for the worker that first asks for the image
+    assert first.pixels is None and first.encoded is not None
+    assert first.image.shape == (8, 8, 3) and first.encoded is None
     (tmp_path / "1.png").unlink()
     gone, last = next(frames), next(frames)
     assert gone.image is None and "cannot read" in gone.error and gone.seq == 1
