@@ -79,14 +79,13 @@ def _naive_part(clf, blob: np.ndarray) -> None:
 def _paced_naive_loop(bundle_path: str, backend: str, num_threads: int, paths: list[str], rate: float,
                       start_at: float, warmup: float, seconds: float) -> list[float]:
     """One process's share of the line: the naive loop paced at `rate` from `start_at`; latencies (ms, from
-    the part's capture to its decision) after the warm-up."""
+    the part's arrival on the line to its decision, so a late wake-up counts) after the warm-up."""
     clf = make_classifier(load_bundle(Path(bundle_path)), backend, num_threads)
     blobs = [np.fromfile(p, np.uint8) for p in paths]
     time.sleep(max(0.0, start_at - time.monotonic()))
     pace, latencies, i = Paced(rate), [], 0
     while time.monotonic() < start_at + warmup + seconds:
-        pace.wait()
-        stamp = time.monotonic()
+        stamp = pace.wait()
         _naive_part(clf, blobs[i % len(blobs)])
         if stamp >= start_at + warmup:
             latencies.append((time.monotonic() - stamp) * 1000)
@@ -118,8 +117,7 @@ class _Line:
     def __iter__(self):
         pace = Paced(self.rate)
         for seq in itertools.count():
-            pace.wait()
-            yield Frame(seq, time.monotonic(), None, "bench", encoded=self.blobs[seq % len(self.blobs)])
+            yield Frame(seq, pace.wait(), None, "bench", encoded=self.blobs[seq % len(self.blobs)])
 
 
 def _pipeline(cfg: EdgeConfig, source: _Line, seconds: float, warmup: float) -> dict:

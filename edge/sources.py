@@ -52,13 +52,17 @@ class Paced:
         self.period = 1 / rate_hz if rate_hz else 0.0
         self.next = None
 
-    def wait(self) -> None:
-        if not self.period:
-            return
+    def wait(self) -> float:
+        """The part's arrival time: when it was due on a paced line (a thread that wakes late does not make
+        its part arrive late, so the delay counts in its latency and the gate still fires at its place),
+        otherwise now."""
         now = time.monotonic()
+        if not self.period:
+            return now
         self.next = now if self.next is None else self.next + self.period
         if self.next > now:
             time.sleep(self.next - now)
+        return self.next
 
 
 class FolderSource:
@@ -78,8 +82,7 @@ class FolderSource:
         pace, seq = Paced(self.cfg.rate_hz), 0
         while True:
             for path in self.files:
-                pace.wait()
-                stamp = time.monotonic()
+                stamp = pace.wait()
                 try:
                     buf = np.fromfile(path, np.uint8)
                 except OSError as exc:  # removed or unreadable since the scan: a fail-safe reject, not a stop
@@ -122,8 +125,7 @@ class VideoSource:
             ok, img = cap.read() if cap.isOpened() else (False, None)
             if ok:
                 backoff = self.cfg.reconnect_min_s
-                pace.wait()
-                yield Frame(seq, time.monotonic(), img, f"{self.cfg.path}#{seq}")
+                yield Frame(seq, pace.wait(), img, f"{self.cfg.path}#{seq}")
                 seq += 1
                 continue
             if not self.camera:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.config import SourceConfig
 from edge.decision import decide, failsafe
-from edge.sources import VideoSource, make_source
+from edge.sources import Paced, VideoSource, make_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +86,13 @@ def test_sigterm_finishes_parts_in_flight_and_exits_cleanly(tmp_path, bundle_dir
     lines = events.read_text().splitlines()
     assert final["counts"]["parts"] == len(lines) >= 5  # every captured part was decided and written
     assert final["gate"].get("dropped_on_stop", 0) == 0  # rejects in flight fired before the gate closed
+
+
+def test_a_paced_line_stamps_parts_when_due_even_if_the_reader_wakes_late():
+    pace = Paced(100)
+    first = pace.wait()
+    time.sleep(0.035)  # a busy machine: the capture thread gets its turn 3.5 periods late
+    late = [pace.wait() for _ in range(3)]
+    assert late == pytest.approx([first + 0.01 * k for k in (1, 2, 3)])
+    assert late[-1] < time.monotonic() - 0.004  # due in the past: the delay counts in each part's latency
+    assert Paced(None).wait() == pytest.approx(time.monotonic(), abs=0.05)  # unpaced: stamped when read
