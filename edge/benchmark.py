@@ -2,11 +2,12 @@
 
 Stages alone (read = BMP decode, preprocess, bare interpreter invoke) and a naive sequential loop; then the
 pipeline as `qc run` builds it, fed the same encoded frames from memory: its capacity (unpaced, as a
-recording, which waits for the workers, so the rate is what they sustain) and its latency at a line rate of 80 % of the slowest stage
-(parts paced as on a conveyor: p50/p99 from capture to decision, and whether every part was inspected),
-also at 40 % and 60 %. Beside the latency run, its floor on this machine: the naive loop in as many processes
-as the pipeline has workers, paced together at the same line rate (no shared GIL, no queue: what the machine's
-scheduling alone does to the tail). All after a warm-up; peak RSS. Prints JSON.
+recording, which waits for the workers, so the rate is what they sustain) and its latency at a line rate of
+80 % of the slowest stage (parts paced as on a conveyor: p50/p99 from when each part was due to its decision,
+and whether every part was inspected), also at 40 % and 60 %. Beside the latency run, its floor on this
+machine: the naive loop in as many processes as the pipeline has workers, paced together at the same line
+rate and timed the same way (no shared GIL, no queue: what the machine alone does to the tail). All after a
+warm-up; peak RSS. Prints JSON.
 """
 
 from __future__ import annotations
