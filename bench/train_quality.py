@@ -2,7 +2,8 @@
 
 - `qc synth --count 3000 --seed 1`: binary F1 on test, defect recall and false rejects at the threshold
   chosen on val for 99 % recall, pointing-game hit rate, training wall time.
-- the real magnetic-tile photos in ../shared/datasets/: accuracy, macro F1, defect recall on a held-out split.
+- the real magnetic-tile photos in ../shared/datasets/: accuracy, macro F1, defect recall on a held-out split,
+  with the default recipe run longer: `--epochs 100 --lr-schedule cosine --patience 100`.
 
 Baseline in the same run: always answering "defect" (recall 1.0, the false-reject rate it costs).
 """
@@ -26,6 +27,9 @@ from training.synth import SynthConfig, generate  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
 TILES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
+# 939 training photos give ~30 steps an epoch: the default 25 epochs end before the network has found the
+# defects, and early stopping then keeps an epoch that calls every part good. Run long, anneal to the end.
+TILE_RECIPE = {"epochs": 100, "lr_schedule": "cosine", "patience": 100}
 
 
 def one(data: Path, out: Path, **overrides) -> dict:
@@ -51,20 +55,22 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-tiles", action="store_true")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
     a = p.parse_args(argv)
-    result = {"benchmark": "train_quality", "recipe": "defaults of `qc train` (MobileNetV2 0.35, 128 px, scratch)"}
+    result = {"benchmark": "train_quality", "recipe": "defaults of `qc train` (MobileNetV2 0.35, 128 px, scratch)",
+              "magnetic_tile_recipe": TILE_RECIPE}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(tmp / "synth", SynthConfig(count=a.count, seed=1, size=128))
         epochs = {"epochs": a.epochs} if a.epochs else {}
         result["synthetic"] = one(tmp / "synth", tmp / "run_synth", **epochs)
         if not a.skip_tiles and TILES.is_dir():
-            result["magnetic_tile"] = one(TILES, tmp / "run_tiles", **epochs)
+            result["magnetic_tile"] = one(TILES, tmp / "run_tiles", **{**TILE_RECIPE, **epochs})
     s = result["synthetic"]
     result["targets"] = {"binary_f1": 0.98, "recall_at_threshold": 0.99, "false_rejects_max": 0.03,
                          "pointing_game": 0.8, "train_wall_s_max": 600, "magnetic_tile_accuracy": 0.95}
     result["meets_targets"] = (s["binary_f1"] >= 0.98 and s["test_defect_recall_at_threshold"] >= 0.99
                                and s["test_false_reject_rate_at_threshold"] <= 0.03
-                               and (s["pointing_game"] or 0) >= 0.8 and s["train_wall_s"] <= 600)
+                               and (s["pointing_game"] or 0) >= 0.8 and s["train_wall_s"] <= 600
+                               and result.get("magnetic_tile", {"accuracy": 1.0})["accuracy"] >= 0.95)
     print(json.dumps(result, indent=1))
     return result
 
