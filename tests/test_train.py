@@ -33,12 +33,20 @@ def test_run_folder_has_model_history_curves_and_config(tiny_run, synth32):
     assert cfg["classes"][0] == "good" and cfg["arch"] == "mobilenet_v2" and cfg["augment"]["flip"] is True
 
 
-def test_same_seed_repeats_the_run(tiny_run, synth32, tmp_path):
+def test_same_seed_repeats_the_run(tiny_run, synth32, tmp_path, capsys):
     again = train(TrainConfig(data=synth32, out=tmp_path / "again", **TINY))
     first = json.loads((tiny_run / "history.json").read_text())
     second = json.loads((tmp_path / "again" / "history.json").read_text())
     assert again["epochs_run"] == 2
     np.testing.assert_allclose(first["loss"], second["loss"], rtol=1e-5)
+    # the saved model's recall on val is recorded, and a model that misses most defects is called out
+    from training.data import load_arrays, scan
+
+    x, y, _ = load_arrays(scan(synth32, seed=TINY["seed"]), "val", 32)
+    flagged = models.load(tmp_path / "again").predict(x, verbose=0).argmax(axis=1) != 0
+    recall = flagged[y != 0].mean()
+    assert again["val_defect_recall"] == pytest.approx(recall, abs=1e-4)
+    assert ("warning: the model finds" in capsys.readouterr().out) == (recall < 0.5)
 
 
 def test_init_from_continues_and_checks_classes(tiny_run, synth32, tmp_path):

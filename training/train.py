@@ -113,6 +113,12 @@ def balanced_class_weights(y: np.ndarray, n: int) -> dict[int, float]:
     return {i: float(len(y) / (n * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
+def defect_recall(net: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    """Share of the defective images (label not 0) whose most likely class is a defect; 1.0 if there are none."""
+    flagged = net.predict(x, batch_size=64, verbose=0).argmax(axis=1) != 0
+    return float(flagged[y != 0].mean()) if (y != 0).any() else 1.0
+
+
 def masked_sparse_ce(y_true, y_pred):
     """Cross-entropy over the activation map's cells; cells marked -1 (no mask to say) are ignored."""
     y_true = keras.ops.cast(y_true, "int32")
@@ -210,6 +216,10 @@ def train(cfg: TrainConfig) -> dict:
         lr = cfg.fine_tune_learning_rate if cfg.init_from else cfg.learning_rate
         _fit(net, trainer, cfg, "train", lr, cfg.epochs, train_ds, val_ds, history)
     wall = time.monotonic() - t0
+    recall = defect_recall(net, x_val, y_val)
+    if recall < 0.5:  # e.g. a few hundred photos stopped after 25 epochs: every part called good
+        print(f"warning: the model finds {recall:.0%} of the validation defects; it has not learnt them yet. "
+              "With few images, train longer: --epochs 100 --lr-schedule cosine --patience 100", flush=True)
     net.save(cfg.out / "model.keras")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
     plots.training_curves(history, cfg.out / "training-curves.png")
@@ -220,6 +230,7 @@ def train(cfg: TrainConfig) -> dict:
                     "manifest_sha256": ds.manifest_sha256},
         "train_seconds": round(wall, 1),
         "epochs_run": len(history["loss"]),
+        "val_defect_recall": round(recall, 4),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
