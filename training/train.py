@@ -219,7 +219,7 @@ def train(cfg: TrainConfig) -> dict:
     recall = defect_recall(net, x_val, y_val)
     if recall < 0.5:  # e.g. a few hundred photos stopped after 25 epochs: every part called good
         print(f"warning: the model finds {recall:.0%} of the validation defects; it has not learnt them yet. "
-              "With few images, train longer: --epochs 100 --lr-schedule cosine --patience 100", flush=True)
+              "With few images, train longer: --epochs 150 --lr-schedule cosine --patience 150", flush=True)
     net.save(cfg.out / "model.keras")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
     plots.training_curves(history, cfg.out / "training-curves.png")
