@@ -24,12 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.evaluate import evaluate  # noqa: E402
 from training.synth import SynthConfig, generate  # noqa: E402
+from training.train import SMALL_DATASET_RECIPE as TILE_RECIPE  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
 TILES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
-# 939 training photos give ~30 steps an epoch: the default 25 epochs end before the network has found the
-# defects, and early stopping then keeps an epoch that calls every part good. Run long, anneal to the end.
-TILE_RECIPE = {"epochs": 150, "lr_schedule": "cosine", "patience": 150}
 
 
 def one(data: Path, out: Path, **overrides) -> dict:
