@@ -93,9 +93,9 @@ def _train_args(p):
     p.add_argument("--config", type=Path, help="YAML file of settings; options given here override it")
     p.add_argument("--arch", choices=["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"])
     p.add_argument("--alpha", type=float, help="width multiplier (default 0.35)")
-    p.add_argument("--input-size", type=int, help="model input side in pixels (default 128)")
+    p.add_argument("--input-size", type=int, help="model input side in pixels (default 96)")
     p.add_argument("--weights", help="none (default, from scratch) | imagenet | path to a weights file")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default 25)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 55)")
     p.add_argument("--head-epochs", type=int, help="epochs with a frozen pretrained backbone (default 5)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"])
@@ -108,11 +108,12 @@ def _train_args(p):
                    help="do not weight classes by inverse frequency")
     p.add_argument("--mask-supervision", type=float,
                    help="weight of the activation-map loss on images with masks (default 1; 0 turns it off)")
-    p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    p.add_argument("--patience", type=int,
+                   help="early stopping patience (epochs; default: the whole run with cosine, 8 with plateau)")
     p.add_argument("--label-smoothing", type=float,
                    help="share of each label spread over all classes (default 0.1; 0 turns it off): less overconfident scores")
     p.add_argument("--lr-schedule", choices=["plateau", "cosine"],
-                   help="plateau (default): cut the rate when val loss stalls; cosine: decay it over the epochs")
+                   help="cosine (default): decay the rate to zero over the epochs; plateau: cut it when val loss stalls")
     p.add_argument("--steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images")

@@ -10,6 +10,7 @@ from qc.cli import main
 from training import model as models
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
 from training.train import (
+    PLATEAU_PATIENCE,
     DefectRecall,
     TrainConfig,
     _class_loss,
@@ -114,16 +115,23 @@ def test_label_smoothing_spreads_the_target():
     assert _class_loss(TrainConfig(data=".", out=".", label_smoothing=0)) == "sparse_categorical_crossentropy"
 
 
+def test_patience_lets_a_cosine_run_anneal_to_its_end():
+    assert TrainConfig(data=".", out=".", epochs=30).patience == 30
+    assert TrainConfig(data=".", out=".", lr_schedule="plateau").patience == PLATEAU_PATIENCE
+    assert TrainConfig(data=".", out=".", patience=3).patience == 3
+
+
 def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path, monkeypatch):
     cfg = TrainConfig(data=synth32, out=tmp_path / "cos", **(TINY | {"lr_schedule": "cosine", "label_smoothing": 0.1}))
     rate = _rate(cfg, 0.01, epochs=4, steps_per_epoch=10)
     assert float(rate(0)) == pytest.approx(0.01) and float(rate(20)) == pytest.approx(0.005)
     assert float(rate(40)) == pytest.approx(0.0, abs=1e-9)
-    assert _rate(TrainConfig(data=".", out="."), 0.01, 4, 10) == 0.01  # plateau: a number the callback cuts
+    assert _rate(TrainConfig(data=".", out=".", lr_schedule="plateau"), 0.01, 4, 10) == 0.01  # the callback cuts it
     rec = train(cfg)
     assert rec["lr_schedule"] == "cosine" and rec["label_smoothing"] == 0.1
     # without masks the classifier itself is compiled with the smoothed loss, and saved so
-    plain = TrainConfig(data=synth32, out=tmp_path / "plain", **(TINY | {"label_smoothing": 0.1, "mask_supervision": 0}))
+    plain = TrainConfig(data=synth32, out=tmp_path / "plain",
+                        **(TINY | {"label_smoothing": 0.1, "mask_supervision": 0, "lr_schedule": "plateau"}))
     made = []  # (training?, class weights) of each dataset train() builds
     real = training.train.make_dataset
     monkeypatch.setattr(training.train, "make_dataset",
