@@ -19,7 +19,7 @@ import numpy as np
 
 RECIPES = {
     # count, size, training overrides, parts on the conveyor, part rate
-    "full": dict(count=3000, size=128, train=dict(epochs=12), parts=400, rate=20.0),
+    "full": dict(count=3000, size=128, train=dict(), parts=400, rate=20.0),  # the whole default recipe
     "quick": dict(count=400, size=64, train=dict(input_size=64, epochs=3, patience=3), parts=120, rate=40.0),
 }
 
@@ -79,8 +79,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
         generate(data, SynthConfig(count=recipe["count"], seed=seed, size=recipe["size"]),
                  progress=lambda done, total: bar.update(done - bar.n))
 
-    step(2, f"train the default recipe, {recipe['train'].get('epochs')} epochs (one line per epoch)")
-    train(TrainConfig(data=data, out=run, seed=seed, **recipe["train"]))
+    cfg = TrainConfig(data=data, out=run, seed=seed, **recipe["train"])
+    step(2, f"train the default recipe, {cfg.epochs} epochs at {cfg.input_size} px (one line per epoch)")
+    train(cfg)
 
     step(3, "evaluate: metrics, a reject threshold for 99 % defect recall, report")
     m = evaluate(run, data, target_recall=0.99)
