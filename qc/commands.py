@@ -91,8 +91,9 @@ def _train_args(p):
     p.add_argument("--data", type=Path, help="dataset folder (see `qc data`)")
     p.add_argument("--out", type=Path, help="new run folder")
     p.add_argument("--config", type=Path, help="YAML file of settings; options given here override it")
-    p.add_argument("--arch", choices=["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"])
-    p.add_argument("--alpha", type=float, help="width multiplier (default 0.35)")
+    p.add_argument("--arch", choices=["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"],
+                   help="backbone (default mobilenet_v3_small)")
+    p.add_argument("--alpha", type=float, help="width multiplier (default 1.0 for MobileNetV3, 0.35 for V2)")
     p.add_argument("--input-size", type=int, help="model input side in pixels (default 96)")
     p.add_argument("--weights", help="none (default, from scratch) | imagenet | path to a weights file")
     p.add_argument("--epochs", type=int, help="maximum epochs (default 55)")
@@ -119,6 +120,8 @@ def _train_args(p):
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images")
     p.add_argument("--init-from", type=Path, help="continue from RUN/model.keras (retrain with new labels)")
     p.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
+    p.add_argument("--translation", type=float,
+                   help="max random shift as a fraction of the size (default 0.2; the rest of `augment:` stays)")
 
 
 @command("train", "train a MobileNet defect classifier (one line per epoch); writes RUN/model.keras and plots",
@@ -130,11 +133,13 @@ def train(a):
     from training.train import train as run_training
 
     values = load_yaml(a.config) if a.config else {}
-    skip = {"config", "cmd", "_spec", "no_augment"}
+    skip = {"config", "cmd", "_spec", "no_augment", "translation"}
     values.update({k: v for k, v in vars(a).items() if k not in skip and v is not None})
     if a.no_augment:
         values["augment"] = {"rotation": 0, "translation": 0, "flip": False, "zoom": 0, "brightness": 0,
                              "contrast": 0}
+    if a.translation is not None:
+        values["augment"] = {**(values.get("augment") or {}), "translation": a.translation}
     for key in ("data", "out"):
         if key not in values:
             raise QCError(f"--{key} is required (on the command line or in --config)")

@@ -31,7 +31,7 @@ def test_run_folder_has_model_history_curves_and_config(tiny_run, synth32):
     from training.data import scan
 
     assert cfg["dataset"]["manifest_sha256"] == scan(synth32, seed=cfg["seed"]).manifest_sha256
-    assert cfg["classes"][0] == "good" and cfg["arch"] == "mobilenet_v2" and cfg["augment"]["flip"] is True
+    assert cfg["classes"][0] == "good" and cfg["arch"] == "mobilenet_v3_small" and cfg["augment"]["flip"] is True
 
 
 def test_same_seed_repeats_the_run(tiny_run, synth32, tmp_path, capsys):
@@ -69,6 +69,15 @@ def test_config_file_typo_names_the_key(tmp_path, capsys, synth32):
     assert "learning_rat" in err and "Extra inputs are not permitted" in err
 
 
+def test_translation_option_overrides_only_the_shift_of_the_config_file(tmp_path, synth32):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"data: {synth32}\nout: {tmp_path / 'r'}\naugment: {{flip: false}}\n")
+    tiny = ["--input-size", "32", "--alpha", "0.35", "--epochs", "1", "--steps-per-epoch", "1"]
+    assert main(["train", "--config", str(cfg), "--translation", "0.05", *tiny]) == 0
+    augment = json.loads((tmp_path / "r" / "config.json").read_text())["augment"]
+    assert augment["translation"] == 0.05 and augment["flip"] is False and augment["zoom"] == 0.1
+
+
 def test_local_weights_file_is_loaded(tmp_path):
     a = models.build("mobilenet_v2", 3, 32, 0.35)
     path = tmp_path / "backbone.weights.h5"
@@ -78,6 +87,8 @@ def test_local_weights_file_is_loaded(tmp_path):
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())
     with pytest.raises(QCError, match="not 'none', 'imagenet' or an existing weights file"):
         models.build("mobilenet_v2", 3, 32, 0.35, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(QCError, match=r"cannot build mobilenet_v3_small .*weights=.*backbone\.weights\.h5"):
+        models.build("mobilenet_v3_small", 3, 32, 0.35, weights=str(path))  # another architecture's weights
 
 
 def test_mobilenet_v3_builds_with_preprocessing_inside():
@@ -119,6 +130,12 @@ def test_patience_lets_a_cosine_run_anneal_to_its_end():
     assert TrainConfig(data=".", out=".", epochs=30).patience == 30
     assert TrainConfig(data=".", out=".", lr_schedule="plateau").patience == PLATEAU_PATIENCE
     assert TrainConfig(data=".", out=".", patience=3).patience == 3
+
+
+def test_alpha_default_follows_the_architecture():
+    assert TrainConfig(data=".", out=".").alpha == 1.0  # MobileNetV3-Small, the default
+    assert TrainConfig(data=".", out=".", arch="mobilenet_v2").alpha == 0.35
+    assert TrainConfig(data=".", out=".", arch="mobilenet_v2", alpha=0.5).alpha == 0.5
 
 
 def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path, monkeypatch):
@@ -205,7 +222,7 @@ def test_explain_writes_overlays(tiny_run, synth32, tmp_path):
 
 def test_pretrained_weights_train_the_head_then_fine_tune(tmp_path, synth32):
     weights = tmp_path / "backbone.weights.h5"
-    models.build("mobilenet_v2", 5, 32, 0.35).get_layer("backbone").save_weights(weights)
+    models.build(TrainConfig(data=".", out=".").arch, 5, 32, TINY["alpha"]).get_layer("backbone").save_weights(weights)
     rec = train(TrainConfig(data=synth32, out=tmp_path / "ft", weights=str(weights), head_epochs=1,
                             **(TINY | {"epochs": 1})))
     history = json.loads((tmp_path / "ft" / "history.json").read_text())

@@ -16,7 +16,7 @@ class AugmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     rotation: float = Field(0.05, ge=0, le=0.5, description="max rotation as a fraction of a full turn")
-    translation: float = Field(0.05, ge=0, le=0.5, description="max shift as a fraction of the size")
+    translation: float = Field(0.2, ge=0, le=0.5, description="max shift as a fraction of the size")
     flip: bool = Field(True, description="random horizontal and vertical flips")
     zoom: float = Field(0.1, ge=0, le=0.5, description="max zoom in or out as a fraction")
     brightness: float = Field(0.1, ge=0, le=1, description="max brightness change as a fraction of 255")
