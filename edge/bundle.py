@@ -1,71 +1,197 @@
-"""The model bundle: a folder with model.tflite and model.json, the one contract between training and edge.
+"""The model bundle: a folder with the model file and model.json, the one contract between training and edge.
 
-Reading refuses a bundle whose sha256 does not match, whose format_version is unknown, or whose
-tensors do not match model.json, and says which.
+model.json is the bundle's card, described once here (`BundleCard`) for the writer (training/export.py) and
+the reader (the box). Format 2: the classifier output holds logits (`output.kind`), and `card_sha256` covers
+the card's own content beside `sha256` over the model file, so neither can change unnoticed. Format 1 cards
+are still read: their `output.kind` says logits or, where absent, softmax (bundles of both kinds exist).
+Reading refuses an unknown format version, a hash that does not match, a card that breaks the schema, or
+tensors that differ from the card, and names which.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
-from edge.errors import QCError
+from edge.decision import GOOD
+from edge.errors import EdgeError
+from edge.preprocess import RESIZE_METHODS
+from firmware_io.errors import ConfigError
+from firmware_io.settings import Strict, validated
 
-__all__ = ["FORMAT_VERSION", "BundleError", "Bundle", "load_bundle", "write_bundle", "check_tensors", "tensor_spec"]
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Bundle", "BundleCard", "BundleError", "card_sha256",
+           "check_tensors", "load_bundle", "tensor_spec", "write_bundle"]
 
-FORMAT_VERSION = 1
-OUTPUT_KINDS = ("softmax", "logits")  # what the classifier output holds; the edge applies softmax to logits
-REQUIRED = ("format_version", "name", "created", "labels", "input", "output", "threshold", "metrics",
-            "training", "sha256", "model_file")
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
-class BundleError(QCError):
+class BundleError(EdgeError):
     """A bundle that must not be used, with the reason."""
 
 
-@dataclass(frozen=True)
+class Tensor(Strict):
+    name: str | None = Field(None, description="tensor name in the model")
+    shape: list[int] = Field(description="static shape, batch first")
+    dtype: str = Field(description="numpy dtype name: uint8, int8, float32")
+    scale: float = Field(description="quantization scale (0 for float tensors)")
+    zero_point: int = Field(description="quantization zero point")
+
+
+class InputTensor(Tensor):
+    color: Literal["rgb"] = Field("rgb", description="channel order the model takes")
+    resize: Literal[tuple(RESIZE_METHODS)] = Field("area", description="how frames are resized to the input")
+    range: str | None = Field(None, description="what the pixel values mean")
+
+
+class OutputTensor(Tensor):
+    kind: str = Field(description="logits (the edge applies the softmax) or softmax")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in ("logits", "softmax"):
+            raise ValueError(f"output kind {v!r} is not known (this runtime reads ['softmax', 'logits'])")
+        return v
+
+
+class CamTensor(Tensor):
+    kind: str = Field("softmax-per-location", description="what each map cell holds")
+    good_index: int = Field(0, ge=0, description="the good class's channel")
+
+
+class Threshold(Strict):
+    value: float = Field(ge=0, le=1, description="reject when the defect score 1 - p(good) is at least this")
+    method: str = Field(description="how it was chosen")
+    chosen_on: str | None = Field(None, description="the split it was chosen on")
+    target_recall: float | None = Field(None, gt=0, le=1, description="the defect recall it was chosen for")
+    float_value: float | None = Field(None, description="the float model's threshold, before quantization")
+    chosen_with: str | None = Field(None, description="the model whose scores chose it")
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"threshold {v} is not a finite number")
+        return v
+
+
+class BundleCard(Strict):
+    format_version: int = Field(description=f"{FORMAT_VERSION}; this runtime reads {READABLE_VERSIONS}")
+    name: str = Field(min_length=1)
+    created: str = Field(description="ISO 8601, UTC")
+    labels: list[str] = Field(min_length=2, description=f"class names in output order; '{GOOD}' exactly once")
+    input: InputTensor
+    output: OutputTensor
+    cam: CamTensor | None = Field(None, description="the class activation map output, when the model has one")
+    threshold: Threshold
+    quantization: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(description="float and exported figures on the test split")
+    training: dict[str, Any] = Field(description="arch, seed, dataset hash, run")
+    notes: list[str] = Field(default_factory=list)
+    model_file: str = Field(description="the model's file name inside the bundle folder")
+    sha256: str = Field(description="sha256 of the model file")
+    card_sha256: str | None = Field(None, description="sha256 of this card without this field (format 2)")
+
+    @field_validator("labels")
+    @classmethod
+    def _one_good(cls, v: list[str]) -> list[str]:
+        if v.count(GOOD) != 1:
+            raise ValueError(f"labels {v} must hold '{GOOD}' exactly once")
+        if len(set(v)) != len(v):
+            raise ValueError(f"labels {v} repeat a class")
+        return v
+
+    @field_validator("model_file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+\.tflite", v) or v.startswith("."):
+            raise ValueError(f"model_file {v!r} must be a plain .tflite file name inside the bundle")
+        return v
+
+    @model_validator(mode="after")
+    def _version_fields(self):
+        if self.format_version >= 2 and self.card_sha256 is None:
+            raise ValueError("format 2 needs card_sha256")
+        return self
+
+
+def card_sha256(card: dict) -> str:
+    """sha256 of a card's canonical JSON without its own `card_sha256`."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 class Bundle:
-    path: Path
-    meta: dict
+    """A checked bundle: its folder and its card."""
+
+    def __init__(self, path: Path, card: BundleCard):
+        self.path, self.card = Path(path), card
+
+    @property
+    def meta(self) -> dict:
+        """The card as a plain dict (JSON types), for reports and tests."""
+        return self.card.model_dump(mode="json")
+
+    @property
+    def name(self) -> str:
+        return self.card.name
 
     @property
     def model_path(self) -> Path:
-        return self.path / self.meta["model_file"]
+        return self.path / self.card.model_file
 
     @property
     def labels(self) -> list[str]:
-        return self.meta["labels"]
+        return self.card.labels
 
     @property
     def good_index(self) -> int:
-        return self.labels.index("good")
+        return self.labels.index(GOOD)
 
     @property
     def input_size(self) -> tuple[int, int]:
-        _, h, w, _ = self.meta["input"]["shape"]
+        _, h, w, _ = self.card.input.shape
         return h, w
 
     @property
     def resize(self) -> str:
         """How frames are resized to the input, as in training (`preprocess.RESIZE_METHODS`)."""
-        return self.meta["input"].get("resize", "area")
+        return self.card.input.resize
 
     @property
     def output_kind(self) -> str:
-        return self.meta["output"].get("kind", "softmax")  # bundles from before logits say nothing
+        return self.card.output.kind
 
     @property
     def threshold(self) -> float:
-        return float(self.meta["threshold"]["value"])
+        return self.card.threshold.value
 
     @property
     def sha256(self) -> str:
-        return self.meta["sha256"]
+        return self.card.sha256
+
+    def describe(self) -> str:
+        """The card in a few lines, for `qc bundle show`."""
+        c, i = self.card, self.card.input
+        return "\n".join([
+            f"{c.name} (format {c.format_version}, created {c.created})",
+            f"model     {c.model_file}  sha256 {c.sha256}",
+            f"labels    {c.labels}",
+            f"input     {i.shape} {i.dtype} scale {i.scale} zero point {i.zero_point} {i.color} resize {i.resize}",
+            f"output    {c.output.kind}",
+            f"threshold {c.threshold.value:.4f} ({c.threshold.method})",
+            f"quantize  {json.dumps(c.quantization)}",
+            f"training  {json.dumps(c.training)}",
+            f"metrics   {json.dumps(c.metrics)}"])
 
 
 def sha256_file(path: Path) -> str:
@@ -76,49 +202,57 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_bundle(out: Path, model: bytes, meta: dict, force: bool = False, model_file: str = "model.tflite") -> Bundle:
+def write_bundle(out: Path, model: bytes, card: dict, force: bool = False,
+                 model_file: str = "model.tflite") -> Bundle:
+    """Write the model and its card (checked against the schema before anything is written)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
+    card = {"format_version": FORMAT_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **card, "model_file": model_file, "sha256": hashlib.sha256(model).hexdigest(), "card_sha256": ""}
+    try:
+        checked = validated(BundleCard, card, "bundle card").model_dump(mode="json")
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from exc
+    checked["card_sha256"] = card_sha256(checked)
     out.mkdir(parents=True, exist_ok=True)
     (out / model_file).write_bytes(model)
-    meta = {"format_version": FORMAT_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **meta, "model_file": model_file, "sha256": hashlib.sha256(model).hexdigest()}
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise BundleError(f"bundle metadata lacks {missing}")
-    (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return Bundle(out, meta)
+    (out / "model.json").write_text(json.dumps(checked, indent=1) + "\n")
+    return Bundle(out, BundleCard.model_validate(checked))
 
 
 def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
-    meta_path = path / "model.json"
-    if not meta_path.is_file():
+    card_path = path / "model.json"
+    if not card_path.is_file():
         raise BundleError(f"{path}: not a bundle (no model.json)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{meta_path}: format_version {meta.get('format_version')!r} is not known "
-                          f"(this runtime reads {FORMAT_VERSION})")
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise BundleError(f"{meta_path}: missing field(s) {missing}")
-    if "good" not in meta["labels"]:
-        raise BundleError(f"{meta_path}: labels {meta['labels']} have no 'good' class")
-    kind = Bundle(path, meta).output_kind
-    if kind not in OUTPUT_KINDS:
-        raise BundleError(f"{meta_path}: output kind {kind!r} is not known (this runtime reads {list(OUTPUT_KINDS)})")
-    model = path / meta["model_file"]
+        raw = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{card_path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{card_path}: not a JSON object")
+    version = raw.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise BundleError(f"{card_path}: format_version {version!r} is not known "
+                          f"(this runtime reads {list(READABLE_VERSIONS)})")
+    if version == 1 and isinstance(raw.get("output"), dict):
+        raw["output"] = {"kind": "softmax", **raw["output"]}  # format 1 without a kind held probabilities
+    try:
+        card = validated(BundleCard, raw, str(card_path))
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from exc
+    if version >= 2 and card_sha256(raw) != card.card_sha256:
+        raise BundleError(f"{card_path}: card_sha256 does not match the card's content (edited, tampered or "
+                          "truncated)")
+    model = path / card.model_file
     if not model.is_file():
-        raise BundleError(f"{path}: {meta['model_file']} is missing")
+        raise BundleError(f"{path}: {card.model_file} is missing")
     actual = sha256_file(model)
-    if actual != meta["sha256"]:
-        raise BundleError(f"{model}: sha256 {actual[:12]}... does not match model.json's {meta['sha256'][:12]}... "
+    if actual != card.sha256:
+        raise BundleError(f"{model}: sha256 {actual[:12]}... does not match model.json's {card.sha256[:12]}... "
                           "(truncated, tampered or from another bundle)")
-    return Bundle(path, meta)
+    return Bundle(path, card)
 
 
 def tensor_spec(detail: dict) -> dict:
@@ -129,23 +263,23 @@ def tensor_spec(detail: dict) -> dict:
 
 
 def check_tensors(bundle: Bundle, inputs: list[dict], outputs: list[dict]) -> None:
-    """Compare the interpreter's tensor details with model.json; raise naming every mismatch."""
+    """Compare the interpreter's tensor details with the card; raise naming every mismatch."""
     problems = []
     by_name = {d["name"]: d for d in outputs}
-    for role, want, got in [("input", bundle.meta["input"], inputs[0]),
-                            ("output", bundle.meta["output"], by_name.get(bundle.meta["output"].get("name"))),
-                            ("cam", bundle.meta.get("cam"), by_name.get((bundle.meta.get("cam") or {}).get("name")))]:
+    card = bundle.card
+    for role, want, got in [("input", card.input, inputs[0]),
+                            ("output", card.output, by_name.get(card.output.name)),
+                            ("cam", card.cam, by_name.get(card.cam.name) if card.cam else None)]:
         if want is None:
             continue
         if got is None:
-            problems.append(f"{role} tensor '{want.get('name')}' is not in the model")
+            problems.append(f"{role} tensor '{want.name}' is not in the model")
             continue
         spec = tensor_spec(got)
         for key in ("shape", "dtype", "scale", "zero_point"):
-            if key not in want:
-                continue
-            same = np.isclose(want[key], spec[key], rtol=1e-6) if key == "scale" else want[key] == spec[key]
+            expected = getattr(want, key)
+            same = np.isclose(expected, spec[key], rtol=1e-6) if key == "scale" else expected == spec[key]
             if not same:
-                problems.append(f"{role} {key}: model.json says {want[key]}, the model has {spec[key]}")
+                problems.append(f"{role} {key}: model.json says {expected}, the model has {spec[key]}")
     if problems:
         raise BundleError(f"{bundle.path}: tensors do not match model.json: " + "; ".join(problems))

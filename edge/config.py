@@ -9,12 +9,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from edge.errors import QCError
+from edge.errors import EdgeError
 from firmware_io.gpio.config import GPIOConfig
 from firmware_io.mqtt.config import MQTTConfig
+from firmware_io.settings import Strict, load_yaml, validated
 
 __all__ = ["EdgeConfig", "load_config", "load_yaml", "validate_config", "validated"]
 
@@ -22,18 +22,14 @@ __all__ = ["EdgeConfig", "load_config", "load_yaml", "validate_config", "validat
 _CORES = os.cpu_count() or 2
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClassifierConfig(_Strict):
+class ClassifierConfig(Strict):
     backend: Literal["auto", "cpu", "edgetpu"] = Field("auto", description="auto: Edge TPU for _edgetpu models")
     num_threads: int = Field(default_factory=lambda: max(1, _CORES // 2), ge=1, le=16,
                              description="LiteRT CPU threads per interpreter (XNNPACK); default: half the CPU "
                              "cores, as two workers run the model side by side")
 
 
-class SourceConfig(_Strict):
+class SourceConfig(Strict):
     kind: Literal["folder", "video", "camera", "stream"] = Field("folder", description="where frames come from")
     path: str = Field("", description="folder or video file, camera index or /dev/videoN, rtsp:// or http:// URL")
     loop: bool = Field(False, description="folder/video: start again at the end")
@@ -47,13 +43,13 @@ class SourceConfig(_Strict):
     reconnect_max_s: float = Field(10.0, gt=0, description="camera/stream: longest reconnect wait")
 
 
-class TriggerConfig(_Strict):
+class TriggerConfig(Strict):
     mode: Literal["free", "part_sensor", "encoder"] = Field(
         "free", description="free: each frame is a part; part_sensor: capture on its edge; encoder: every pitch")
     pitch_counts: int | None = Field(None, gt=0, description="encoder mode: counts between parts")
 
 
-class DecisionConfig(_Strict):
+class DecisionConfig(Strict):
     threshold: float | None = Field(None, ge=0, le=1, description="override the bundle's reject threshold")
     class_thresholds: dict[str, float] = Field(default_factory=dict, description="reject when p(class) >= this")
     on_error: Literal["reject", "pass"] = Field("reject", description="a frame that cannot be inspected: "
@@ -62,7 +58,7 @@ class DecisionConfig(_Strict):
                                "failsafe reject")
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     workers: int = Field(default_factory=lambda: min(2, _CORES), ge=1, le=16,
                          description="threads that each preprocess a part and run the model: while one runs the "
                          "model, the other prepares the next frame")
@@ -71,13 +67,13 @@ class PipelineConfig(_Strict):
     roi: tuple[int, int, int, int] | None = Field(None, description="region of interest x, y, w, h in pixels")
 
 
-class StoreConfig(_Strict):
+class StoreConfig(Strict):
     dir: Path | None = Field(Path("rejects"), description="where reject frames go (None: keep none)")
     max_files: int = Field(2000, ge=1, description="frames kept; the oldest are removed first")
     sample_passes: float = Field(0.0, ge=0, le=1, description="share of passed parts kept too")
 
 
-class EdgeConfig(_Strict):
+class EdgeConfig(Strict):
     line: str = Field("line1", description="line name, used in topics and ids")
     station: str = Field("station1", description="station name, used in topics and ids")
     bundle: Path = Field(description="model bundle folder")
@@ -93,34 +89,13 @@ class EdgeConfig(_Strict):
     mqtt: MQTTConfig = Field(default_factory=lambda: MQTTConfig(enabled=False))
 
 
-def validated(model_cls: type[BaseModel], values: dict, source: str):
-    """Validate settings with pydantic; a typo or a bad value is an error naming the key."""
-    try:
-        return model_cls.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
-        raise QCError(f"{source}: {problems}") from exc
-
-
 def validate_config(values: dict, source: str = "config") -> EdgeConfig:
     cfg = validated(EdgeConfig, values, source)
     if cfg.trigger.mode == "part_sensor" and cfg.gpio.part_sensor is None:
-        raise QCError(f"{source}: trigger.mode part_sensor needs gpio.part_sensor")
+        raise EdgeError(f"{source}: trigger.mode part_sensor needs gpio.part_sensor")
     if cfg.trigger.mode == "encoder" and (cfg.gpio.encoder is None or cfg.trigger.pitch_counts is None):
-        raise QCError(f"{source}: trigger.mode encoder needs gpio.encoder and trigger.pitch_counts")
+        raise EdgeError(f"{source}: trigger.mode encoder needs gpio.encoder and trigger.pitch_counts")
     return cfg
-
-
-def load_yaml(path: Path) -> dict:
-    try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as exc:
-        raise QCError(f"{path}: no such config file") from exc
-    except yaml.YAMLError as exc:
-        raise QCError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise QCError(f"{path}: expected a mapping of settings at the top level")
-    return loaded
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> EdgeConfig:

@@ -1,4 +1,7 @@
-"""Pass/reject from class scores: the defect score 1 - p(good) against the threshold, per-class overrides."""
+"""Pass/reject from class scores: the defect score 1 - p(good) against the threshold, per-class overrides.
+
+The good class and the defect score are defined here once, for the box and for training alike.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Decision", "decide", "failsafe"]
+__all__ = ["GOOD", "REASONS", "Decision", "decide", "defect_scores", "failsafe"]
+
+GOOD = "good"  # the non-defective class; every dataset and bundle has it exactly once
+REASONS = {
+    "ok": "inspected and passed",
+    "defect": "inspected and rejected: a defect score or class score at its threshold",
+    "failsafe": "not inspected: unreadable frame, model error or past decision.deadline_ms",
+    "overflow": "not inspected: the queue to the workers was full",
+    "paused": "not inspected: the line is paused by command",
+    "late": "rejected, but decided after the part had passed the gate",
+    "gate_overflow": "to be rejected, but the gate already held gate.max_in_flight parts: not rejected",
+}
+
+
+def defect_scores(probs: np.ndarray, good_index: int) -> np.ndarray:
+    """1 - p(good) over the last axis: one score per part (or per map cell), higher is more defective."""
+    return 1.0 - np.asarray(probs)[..., good_index]
 
 
 @dataclass(frozen=True)
 class Decision:
     decision: str  # "pass" | "reject"
-    reason: str  # "ok" | "defect" | "failsafe" | "late" | "overflow"
+    reason: str  # a key of REASONS
     label: str
     score: float  # defect score 1 - p(good)
     scores: dict[str, float]
@@ -21,14 +40,16 @@ class Decision:
 def decide(scores: np.ndarray, labels: list[str], threshold: float, good_index: int,
            class_thresholds: dict[str, float] | None = None) -> Decision:
     named = {label: round(float(s), 5) for label, s in zip(labels, scores)}
-    defect = float(1.0 - scores[good_index])
+    defect = float(defect_scores(scores, good_index))
     label = labels[int(np.argmax(scores))]
     hit = defect >= threshold or any(named.get(c, 0.0) >= t for c, t in (class_thresholds or {}).items())
-    if hit and label == "good":  # rejected on the defect score: name the likeliest defect
-        label = max((c for c in labels if c != "good"), key=lambda c: named[c])
+    if hit and label == GOOD:  # rejected on the defect score: name the likeliest defect
+        label = max((c for c in labels if c != GOOD), key=lambda c: named[c])
     return Decision("reject" if hit else "pass", "defect" if hit else "ok", label, defect, named)
 
 
 def failsafe(reason: str, on_error: str = "reject") -> Decision:
     """A part that could not be inspected: rejected unless the config passes such parts on purpose."""
+    if reason not in REASONS:
+        raise ValueError(f"reason {reason!r} is not one of {sorted(REASONS)}")
     return Decision("reject" if on_error == "reject" else "pass", reason, "unknown", float("nan"), {})

@@ -1,5 +1,9 @@
-"""The one base class for errors a user can fix (bad config, dataset, bundle, payload): printed, not traced."""
+"""The edge's error type: a bundle, config, source or command the camera box cannot use."""
+
+from firmware_io.errors import QCError
+
+__all__ = ["EdgeError", "QCError"]
 
 
-class QCError(Exception):
-    """An error that names what is wrong and where."""
+class EdgeError(QCError):
+    """A problem on the camera box that names what is wrong and where."""

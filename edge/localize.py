@@ -8,13 +8,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edge.decision import defect_scores
+
 __all__ = ["defect_map", "box"]
 
 
-def defect_map(cam: np.ndarray, good_index: int = 0) -> np.ndarray:
+def defect_map(cam: np.ndarray, good_index: int) -> np.ndarray:
     """(h, w, classes) or (1, h, w, classes) probabilities -> (h, w) defect probability."""
-    cam = cam.reshape(cam.shape[-3:])
-    return 1.0 - cam[..., good_index].astype(np.float32)
+    return defect_scores(cam.reshape(cam.shape[-3:]).astype(np.float32), good_index)
 
 
 def _upsample(dmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

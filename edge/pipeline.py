@@ -23,16 +23,17 @@ from edge.bundle import Bundle, load_bundle
 from edge.classifiers import Classifier, make_classifier
 from edge.config import EdgeConfig
 from edge.decision import Decision, decide, failsafe
-from edge.errors import QCError
+from edge.errors import EdgeError
 from edge.localize import box, defect_map
 from edge.preprocess import prepare
-from edge.sources import Frame, make_source
+from edge.sources import Frame
 from edge.stats import Stats
 from edge.store import RejectStore
-from edge.telemetry import MemoryTelemetry, Telemetry
-from firmware_io.gpio import Encoder, PartSensor, RealClock, RejectGate, StackLight, make_backend
+from edge.telemetry import Telemetry
+from firmware_io.errors import FirmwareIOError
+from firmware_io.gpio import Encoder, GPIOBackend, ManualClock, RealClock, RejectGate, StackLight
 
-__all__ = ["Model", "Runtime", "verified_classifier"]
+__all__ = ["LineIO", "Model", "Runtime", "verified_classifier"]
 
 _STOP = object()
 
@@ -61,37 +62,43 @@ def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str 
     """Load a bundle and prove it works (sha256, tensors, one inference) before anyone relies on it."""
     bundle = load_bundle(path)
     if sha256 and bundle.sha256 != sha256:
-        raise QCError(f"{path}: sha256 is {bundle.sha256}, not the {sha256} asked for")
+        raise EdgeError(f"{path}: sha256 is {bundle.sha256}, not the {sha256} asked for")
     clf = make_classifier(bundle, backend, num_threads)
     h, w = bundle.input_size
     scores = clf.infer(np.zeros((h, w, 3), np.uint8)).scores
     if not np.all(np.isfinite(scores)) or len(scores) != len(bundle.labels):
-        raise QCError(f"{path}: a test inference gave {scores}, not {len(bundle.labels)} finite scores")
+        raise EdgeError(f"{path}: a test inference gave {scores}, not {len(bundle.labels)} finite scores")
     return bundle, clf
 
 
+@dataclass
+class LineIO:
+    """What the runtime drives on the line, built from `gpio:` by `edge.app.build_runtime`."""
+
+    gpio: GPIOBackend
+    clock: RealClock | ManualClock
+    gate: RejectGate
+    light: StackLight
+    encoder: Encoder | None = None
+
+
 class Runtime:
-    def __init__(self, cfg: EdgeConfig, telemetry: Telemetry | None = None, gpio=None, clock=None, source=None):
+    """The running inspection: parts in, decisions out. Built, wired and started by `edge.app.build_runtime`."""
+
+    def __init__(self, cfg: EdgeConfig, telemetry: Telemetry, line: LineIO, source, store: RejectStore | None):
         self.cfg = cfg
         self.model = self.load_model(cfg.bundle)
         self.threshold = cfg.decision.threshold if cfg.decision.threshold is not None else self.bundle.threshold
-        self.telemetry = telemetry or MemoryTelemetry()
+        self.telemetry = telemetry
         self.stats = Stats()
         self.boot = uuid.uuid4().hex[:8]
-        self.clock = clock or RealClock()
-        self.gpio = gpio or make_backend(cfg.gpio.backend, self.clock)
-        self.encoder = Encoder(self.gpio, cfg.gpio.encoder) if cfg.gpio.encoder else None
-        self.gate = RejectGate(self.gpio, cfg.gpio.gate, self.clock, self.encoder)
-        self.light = StackLight(self.gpio, cfg.gpio.stack_light)
-        self.store = RejectStore(cfg.store.dir, cfg.store.max_files, cfg.store.sample_passes) if cfg.store.dir else None
-        self.source = source if source is not None else make_source(cfg.source, on_alarm=self.alarm)
+        self.gpio, self.clock, self.gate, self.light, self.encoder = (line.gpio, line.clock, line.gate, line.light,
+                                                                      line.encoder)
+        self.store = store
+        self.source = source
         # a part passing a camera cannot wait for a free worker; a recorded folder or video can
         self.live = cfg.trigger.mode != "free" or getattr(self.source, "live", True)
-        self.triggers: queue.Queue = queue.Queue()
-        if cfg.trigger.mode == "part_sensor":
-            PartSensor(self.gpio, cfg.gpio.part_sensor, self.triggers.put)
-        elif cfg.trigger.mode == "encoder":
-            self.encoder.listeners.append(self._on_count)
+        self.triggers: queue.Queue = queue.Queue()  # trigger stamps: the part sensor's times or encoder counts
         self.parts: queue.Queue = queue.Queue(cfg.pipeline.queue_size)
         self.stop_event = threading.Event()
         self.paused = threading.Event()
@@ -114,7 +121,7 @@ class Runtime:
         more = [make_classifier(bundle, first.name, c.num_threads) for _ in range(count - 1)]
         return Model(bundle, (first, *more), tuple(threading.Lock() for _ in range(count)))
 
-    def _on_count(self, count: int) -> None:
+    def on_count(self, count: int) -> None:
         if count % self.cfg.trigger.pitch_counts == 0:  # a part every pitch: its stamp is the count
             self.triggers.put(count)
 
@@ -149,7 +156,7 @@ class Runtime:
         if d.decision == "reject":
             try:
                 sched = self.gate.schedule(part.stamp)
-            except QCError as exc:  # the part is decided and published all the same; people must act
+            except FirmwareIOError as exc:  # the part is decided and published all the same; people must act
                 reason = "gate_overflow"
                 self.alarm("gate_overflow", f"part {frame.seq} not rejected: {exc}", seq=frame.seq)
             else:
@@ -163,7 +170,7 @@ class Runtime:
             "seq": frame.seq, "ts": frame.wall, "line": self.cfg.line, "station": self.cfg.station,
             "label": d.label, "score": None if np.isnan(d.score) else round(d.score, 5), "scores": d.scores,
             "decision": d.decision, "reason": reason, "latency_ms": round(latency, 2),
-            "model": {"name": bundle.meta["name"], "sha256": bundle.sha256},
+            "model": {"name": bundle.name, "sha256": bundle.sha256},
             "threshold": self.threshold, "box": bbox, "source": frame.origin,
         }
         if frame.error:
@@ -286,7 +293,7 @@ class Runtime:
     # --- control -----------------------------------------------------------------------------------------
 
     def _bundle_mtime(self) -> float:
-        files = [self.cfg.bundle / "model.json", self.cfg.bundle / self.bundle.meta["model_file"]]
+        files = [self.cfg.bundle / "model.json", self.bundle.model_path]
         return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
 
     def reload(self, path: Path | None = None, sha256: str | None = None) -> dict:
@@ -295,7 +302,7 @@ class Runtime:
         try:
             model = self.load_model(path, sha256)
         except Exception as exc:
-            self.alarm("reload_failed", f"kept model {self.bundle.meta['name']}: {exc}")
+            self.alarm("reload_failed", f"kept model {self.bundle.name}: {exc}")
             return {"ok": False, "error": str(exc)}
         if model.bundle.labels != self.bundle.labels:
             msg = f"labels {model.bundle.labels} differ from the running model's {self.bundle.labels}"
@@ -304,7 +311,7 @@ class Runtime:
         self.model = model  # each worker takes it with its next part
         if self.cfg.decision.threshold is None:
             self.threshold = model.bundle.threshold
-        return {"ok": True, "model": model.bundle.meta["name"], "sha256": model.bundle.sha256}
+        return {"ok": True, "model": model.bundle.name, "sha256": model.bundle.sha256}
 
     def command(self, name: str, payload: dict) -> dict:
         """Commands from telemetry: threshold, pause, resume, reload, snapshot. Validated; never raises."""
@@ -336,7 +343,7 @@ class Runtime:
     def _publish_stats(self) -> dict:
         snap = self.stats.snapshot() | {"gate": dict(self.gate.counts) | {"timing": self.gate.timing()},
                                         "threshold": self.threshold,
-                                        "model": self.bundle.meta["name"], "paused": self.paused.is_set()}
+                                        "model": self.bundle.name, "paused": self.paused.is_set()}
         self._tell(self.telemetry.stats, snap)
         return snap
 

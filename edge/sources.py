@@ -15,12 +15,10 @@ import cv2
 import numpy as np
 
 from edge.config import SourceConfig
-from edge.errors import QCError
+from edge.errors import EdgeError
+from edge.images import IMAGE_EXTS, ImageError, decode
 
 __all__ = ["Frame", "FolderSource", "Paced", "VideoSource", "make_source"]
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
 
 @dataclass
 class Frame:
@@ -39,9 +37,10 @@ class Frame:
     def image(self) -> np.ndarray | None:
         if self.encoded is not None:
             data, self.encoded = self.encoded, None
-            self.pixels = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-            if self.pixels is None:
-                self.error = f"cannot decode {self.origin}"
+            try:
+                self.pixels = decode(data, self.origin)
+            except ImageError as exc:
+                self.error = str(exc)
         return self.pixels
 
 
@@ -71,10 +70,10 @@ class FolderSource:
     def __init__(self, cfg: SourceConfig):
         root = Path(cfg.path)
         if not root.is_dir():
-            raise QCError(f"source.path {cfg.path!r} is not a folder")
+            raise EdgeError(f"source.path {cfg.path!r} is not a folder")
         self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and "masks" not in p.parts)
         if not self.files:
-            raise QCError(f"source.path {cfg.path!r} holds no images")
+            raise EdgeError(f"source.path {cfg.path!r} holds no images")
         self.cfg = cfg
         self.live = cfg.rate_hz is not None
 
@@ -120,7 +119,7 @@ class VideoSource:
         seq, backoff = 0, self.cfg.reconnect_min_s
         cap = self._open()
         if not cap.isOpened() and not self.camera:
-            raise QCError(f"source.path {self.cfg.path!r}: cannot open the video")
+            raise EdgeError(f"source.path {self.cfg.path!r}: cannot open the video")
         while not self.stopped:
             ok, img = cap.read() if cap.isOpened() else (False, None)
             if ok:

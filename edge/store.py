@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import QCError
+from edge.errors import EdgeError
 
 __all__ = ["RejectStore", "review"]
 
@@ -36,7 +36,7 @@ class RejectStore:
             cv2.imwrite(str(self.root / f"{stem}.png"), image)
             if event.get("box"):
                 x, y, w, h = event["box"]
-                boxed = image.copy()
+                boxed = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
                 cv2.rectangle(boxed, (x, y), (x + w - 1, y + h - 1), (0, 0, 255), max(1, image.shape[1] // 160))
                 cv2.putText(boxed, f"{event['label']} {event['score']:.2f}", (x, max(12, y - 4)),
                             cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
@@ -60,9 +60,9 @@ def review(store: Path, into: Path, label: str | None = None, labels_file: Path 
     store, into = Path(store), Path(into)
     per_file = json.loads(Path(labels_file).read_text()) if labels_file else {}
     if not label and not per_file:
-        raise QCError("give --label CLASS for all frames, or --labels FILE.json mapping frame ids to classes")
+        raise EdgeError("give --label CLASS for all frames, or --labels FILE.json mapping frame ids to classes")
     if not into.is_dir():
-        raise QCError(f"{into}: dataset folder does not exist")
+        raise EdgeError(f"{into}: dataset folder does not exist")
     base = into / split if (into / split).is_dir() else into
     filed: dict[str, int] = {}
     for sidecar in sorted(store.glob("*.json")):
@@ -72,7 +72,7 @@ def review(store: Path, into: Path, label: str | None = None, labels_file: Path 
         if not cls or not image.exists():
             continue
         if cls in ("masks", "ground_truth") or "/" in cls:
-            raise QCError(f"'{cls}' cannot be a class name")
+            raise EdgeError(f"'{cls}' cannot be a class name")
         (base / cls).mkdir(parents=True, exist_ok=True)
         shutil.copy2(image, base / cls / f"review_{image.name}")
         filed[cls] = filed.get(cls, 0) + 1

@@ -1,13 +1,15 @@
 """What the runtime hands its events to. MQTT implements it (firmware_io.mqtt); MemoryTelemetry keeps the
-latest ones for tests and for runs without a broker."""
+latest ones for tests and for runs without a broker; JsonlTee also writes each inspection to a file."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Telemetry", "MemoryTelemetry"]
+__all__ = ["JsonlTee", "MemoryTelemetry", "Telemetry"]
 
 
 class Telemetry(Protocol):
@@ -39,3 +41,21 @@ class MemoryTelemetry:
 
     def close(self) -> None:
         pass
+
+
+class JsonlTee:
+    """Passes events on and appends each inspection to a JSONL file (for scripts and the demo)."""
+
+    def __init__(self, inner: Telemetry, path: Path):
+        self.inner, self.file = inner, open(path, "a", buffering=1)
+
+    def inspection(self, event: dict) -> None:
+        self.inner.inspection(event)  # spooled first: a line in the file is an event that will be delivered
+        self.file.write(json.dumps(event) + "\n")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def close(self) -> None:
+        self.inner.close()
+        self.file.close()

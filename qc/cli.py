@@ -8,14 +8,17 @@ import json
 import os
 import sys
 
-from edge.errors import QCError
+from firmware_io.errors import QCError
 from qc import commands
 
 
 def _require_tf():
+    from training.quiet import captured_output
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter; Python errors still raise
     try:
-        import tensorflow  # noqa: F401
+        with captured_output():  # TensorFlow's start-up log lines (shown if the import fails)
+            import tensorflow  # noqa: F401
     except ImportError as exc:
         raise QCError("this command needs TensorFlow: pip install 'qc-inspect[train]'") from exc
 

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.decision import GOOD
+from firmware_io.pages import page
+
 RECIPES = {
     # count, size, training overrides, parts on the conveyor, part rate
     "full": dict(count=3000, size=128, train=dict(), parts=400, rate=20.0),  # the whole default recipe
@@ -53,15 +56,16 @@ def _gallery(store: Path, limit: int = 48) -> str:
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
+    from edge.app import build_runtime
     from edge.config import validate_config
     from firmware_io.mqtt.broker import EmbeddedBroker, free_port
     from firmware_io.mqtt.collector import Collector
     from firmware_io.mqtt.config import MQTTConfig
-    from qc.commands import make_runtime
+    from firmware_io.mqtt.report import report
+    from training.config import TARGET_RECALL
     from training.evaluate import evaluate
     from training.export import export
     from training.synth import SynthConfig, generate
-    from training.telemetry_report import report
     from training.train import TrainConfig, train
 
     recipe = RECIPES["quick" if quick else "full"]
@@ -84,7 +88,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
     train(cfg)
 
     step(3, "evaluate: metrics, a reject threshold for 99 % defect recall, report")
-    m = evaluate(run, data, target_recall=0.99)
+    m = evaluate(run, data, target_recall=TARGET_RECALL)
     print(f"test accuracy {m['accuracy']:.4f}, binary F1 {m['binary_argmax']['f1']:.4f}, threshold "
           f"{m['threshold']['value']:.4f}: recall {m['threshold']['test']['recall']:.4f}, false rejects "
           f"{100 * m['threshold']['test']['false_reject_rate']:.2f}%", flush=True)
@@ -97,7 +101,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
     with ExitStack() as stack:
         step(5, "start the embedded MQTT broker and the collector")
         broker = stack.enter_context(EmbeddedBroker(free_port()))
-        mqtt_cfg = MQTTConfig(url=broker.url, spool_path=out / "spool.sqlite", stats_interval_s=2)
+        mqtt_cfg = MQTTConfig(url=broker.url, spool_path=out / "spool.sqlite")
         collector = Collector(mqtt_cfg, out / "telemetry.sqlite").start()
         stack.callback(collector.stop)
         print(f"broker {broker.url}, collector -> {out / 'telemetry.sqlite'}", flush=True)
@@ -111,7 +115,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
             "gpio": {"backend": "sim", "gate": {"delay_ms": 400, "pulse_ms": 20, "min_gap_ms": 5}},
             "mqtt": mqtt_cfg.model_dump() | {"enabled": True}})
         events_path = out / "events.jsonl"
-        final = make_runtime(cfg, events_path).run()
+        final = build_runtime(cfg, events=events_path).run()
         deadline = time.monotonic() + 20
         while collector.counts["inspections"] < recipe["parts"] and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -119,7 +123,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
     step(7, "telemetry report and the demo page")
     rep = report(out / "telemetry.sqlite", out / "telemetry-report.html")
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
-    defective = [truth[Path(e["source"]).name] != "good" for e in events]
+    defective = [truth[Path(e["source"]).name] != GOOD for e in events]
     rejected = [e["decision"] == "reject" for e in events]
     lat = final["latency_ms"].get("end_to_end", {})
     summary = {
@@ -135,13 +139,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
         "wall time (s)": round(time.monotonic() - t_start, 1),
     }
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
-    (out / "index.html").write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>qc demo</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
-th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{display:inline-block;margin:6px}}</style>
-</head><body><h1>qc demo: a simulated inspection line</h1><table>{rows}</table>
+    (out / "index.html").write_text(page("qc demo", f"""<h1>qc demo: a simulated inspection line</h1><table>{rows}</table>
 <h2>Reports</h2><ul><li><a href="run/eval/report.html">model evaluation</a></li>
 <li><a href="telemetry-report.html">line telemetry</a></li></ul>
-<h2>Rejected parts with their defect boxes</h2>{_gallery(out / 'rejects')}</body></html>""")
+<h2>Rejected parts with their defect boxes</h2>{_gallery(out / 'rejects')}"""))
     width = max(len(k) for k in summary)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
     print(f"\nopen {out / 'index.html'}", flush=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from edge.bundle import card_sha256
 from training.synth import SynthConfig, generate
 
 
@@ -41,5 +45,12 @@ def bundle_dir(tiny_run, tmp_path_factory):
     from training.export import export
 
     out = tmp_path_factory.mktemp("bundle") / "b"
-    export(tiny_run, out, n_representative=32, allow_drop=True)
+    export(tiny_run, out, representative=32, allow_drop=True)
     return out
+
+
+def write_card(bundle: Path, card: dict) -> None:
+    """Write a card as an exporter would, its card_sha256 computed again (format 2)."""
+    if card.get("format_version", 2) >= 2:
+        card = card | {"card_sha256": card_sha256(card)}
+    (bundle / "model.json").write_text(json.dumps(card))

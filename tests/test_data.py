@@ -1,10 +1,11 @@
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from training.data import DatasetError, load_arrays, scan
+from training.data import DatasetError, load_arrays, read_rgb, scan
 
 TILES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
 
@@ -119,3 +120,29 @@ def test_manifest_hash_tracks_content(tmp_path):
     assert scan(root).manifest_sha256 == h1
     (root / "dent" / "0.png").write_bytes((root / "dent" / "1.png").read_bytes())
     assert scan(root).manifest_sha256 != h1
+
+
+def test_training_and_the_box_decode_a_file_to_the_same_pixels(synth32, tmp_path):
+    """One decoder: a dataset image as training loads it is the frame the box would inspect."""
+    from edge.preprocess import prepare, resize
+    from edge.sources import Frame
+
+    gray_png = sorted((synth32 / "train" / "good").glob("*.png"))[0]
+    colour_jpg = tmp_path / "c.jpg"
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    cv2.imwrite(str(colour_jpg), rgb)
+    for path in (gray_png, colour_jpg, sorted((TILES / "blowhole").glob("*.jpg"))[0]):
+        trained = read_rgb(path)
+        frame = Frame(0, 0.0, None, str(path), encoded=np.fromfile(path, np.uint8))
+        np.testing.assert_array_equal(trained, prepare(frame.image, trained.shape[:2], bgr=True))
+        np.testing.assert_array_equal(resize(trained, (32, 32), "area"),
+                                      prepare(frame.image, (32, 32), "area", bgr=True))
+    assert read_rgb(gray_png).shape[2] == 3 and cv2.imread(str(gray_png), cv2.IMREAD_UNCHANGED).ndim == 2
+
+
+def test_a_truncated_jpeg_is_refused_not_filled_in(tmp_path):
+    path = tmp_path / "t.jpg"
+    cv2.imwrite(str(path), np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(DatasetError, match="truncated JPEG"):
+        read_rgb(path)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from edge.bundle import BundleError, load_bundle
+from edge.bundle import FORMAT_VERSION, BundleError, card_sha256, load_bundle
 from edge.classifiers import make_classifier
 from edge.errors import QCError
 from edge.quant import dequantize, quantize
@@ -17,6 +17,7 @@ from training import data
 from training import model as models
 from training.export import convert, export, representative_indices
 
+from .conftest import write_card
 from .test_no_tensorflow import run_without_tf
 
 
@@ -78,15 +79,15 @@ def test_unknown_format_and_mismatched_tensors_are_named(bundle_dir, tmp_path):
     b = tmp_path / "v"
     shutil.copytree(bundle_dir, b)
     meta = json.loads((b / "model.json").read_text())
-    (b / "model.json").write_text(json.dumps(meta | {"format_version": 99}))
+    write_card(b, meta | {"format_version": 99})
     with pytest.raises(BundleError, match="format_version 99 is not known"):
         load_bundle(b)
-    (b / "model.json").write_text(json.dumps(meta | {"output": meta["output"] | {"kind": "sigmoid"}}))
+    write_card(b, meta | {"output": meta["output"] | {"kind": "sigmoid"}})
     with pytest.raises(BundleError, match="output kind 'sigmoid' is not known"):
         load_bundle(b)
     meta["input"]["shape"] = [1, 64, 64, 3]
     meta["output"]["zero_point"] = 7
-    (b / "model.json").write_text(json.dumps(meta))
+    write_card(b, meta)
     with pytest.raises(BundleError, match=r"input shape: model.json says \[1, 64, 64, 3\].*output zero_point"):
         make_classifier(load_bundle(b))
 
@@ -122,7 +123,7 @@ def test_representative_set_is_stratified():
 def test_max_drop_refuses_and_leaves_nothing(tiny_run, tmp_path):
     # a negative max drop cannot be met: the export must refuse and leave no bundle behind
     with pytest.raises(QCError, match="loses too much"):
-        export(tiny_run, tmp_path / "b", n_representative=8, max_drop=-1.0)
+        export(tiny_run, tmp_path / "b", representative=8, max_drop=-1.0)
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
 
 
@@ -151,7 +152,7 @@ def test_threshold_is_chosen_again_with_the_exported_models_scores(tiny_run, syn
     from training.evaluate import evaluate
 
     m = evaluate(tiny_run, synth32, target_recall=0.9)
-    export(tiny_run, tmp_path / "b", n_representative=16, allow_drop=True)
+    export(tiny_run, tmp_path / "b", representative=16, allow_drop=True)
     thr = load_bundle(tmp_path / "b").meta["threshold"]
     assert thr["float_value"] == m["threshold"]["value"] and thr["chosen_with"] == "the int8 model"
     assert thr["target_recall"] == 0.9 and 0 <= thr["value"] <= 1
@@ -191,7 +192,7 @@ def test_quantized_logits_keep_small_defect_scores_that_a_quantized_softmax_lose
 
 
 def test_per_tensor_weights_make_a_smaller_bundle(bundle_dir, tiny_run, tmp_path):
-    export(tiny_run, tmp_path / "pt", n_representative=16, allow_drop=True, per_channel=False)
+    export(tiny_run, tmp_path / "pt", representative=16, allow_drop=True, per_tensor=True)
     pt = load_bundle(tmp_path / "pt")
     assert pt.meta["quantization"]["weights"] == "per-tensor"
     assert load_bundle(bundle_dir).meta["quantization"]["weights"] == "per-channel"
@@ -257,6 +258,47 @@ def test_qat_export_fine_tunes_a_fake_quantized_twin(tiny_run, synth32, tmp_path
 
 
 def test_qat_needs_int8_with_per_channel_weights(tiny_run, tmp_path):
-    for kwargs in ({"per_channel": False}, {"mode": "float16"}):
+    for kwargs in ({"per_tensor": True}, {"mode": "float16"}):
         with pytest.raises(QCError, match="--qat fine-tunes for --int8"):
-            export(tiny_run, tmp_path / "x", qat_epochs=1, **kwargs)
+            export(tiny_run, tmp_path / "x", qat=1, **kwargs)
+
+
+def test_bundle_card_is_format_2_and_covers_its_own_content(bundle_dir, tmp_path):
+    card = json.loads((bundle_dir / "model.json").read_text())
+    assert card["format_version"] == FORMAT_VERSION == 2 and card["card_sha256"] == card_sha256(card)
+    b = tmp_path / "edited"
+    shutil.copytree(bundle_dir, b)
+    (b / "model.json").write_text(json.dumps(card | {"threshold": card["threshold"] | {"value": 0.999}}))
+    with pytest.raises(BundleError, match="card_sha256 does not match"):
+        load_bundle(b)
+    assert main(["bundle", "verify", str(b)]) == 2
+
+
+@pytest.mark.parametrize("kind, expected", [("logits", "logits"), (None, "softmax")])
+def test_format_1_bundles_are_read_with_their_output_kind(bundle_dir, tmp_path, kind, expected):
+    card = json.loads((bundle_dir / "model.json").read_text())
+    v1 = {k: v for k, v in card.items() if k != "card_sha256"} | {"format_version": 1}
+    v1["output"] = {k: v for k, v in card["output"].items() if k != "kind"} | ({"kind": kind} if kind else {})
+    b = tmp_path / "v1"
+    shutil.copytree(bundle_dir, b)
+    write_card(b, v1)
+    old, new = load_bundle(b), load_bundle(bundle_dir)
+    assert old.output_kind == expected and new.output_kind == "logits"
+    x = np.random.default_rng(0).integers(0, 256, (*new.input_size, 3), dtype=np.uint8)
+    scores_old, scores_new = make_classifier(old).infer(x).scores, make_classifier(new).infer(x).scores
+    if kind == "logits":  # the same model read as the same kind: the same scores
+        np.testing.assert_allclose(scores_old, scores_new, rtol=1e-6)
+    else:  # logits taken for probabilities, as a format 1 card without a kind says: not a softmax
+        assert not np.allclose(scores_old, scores_new)
+
+
+def test_a_card_that_breaks_the_schema_names_the_field(bundle_dir, tmp_path):
+    card = json.loads((bundle_dir / "model.json").read_text())
+    b = tmp_path / "s"
+    shutil.copytree(bundle_dir, b)
+    for change, named in [({"labels": ["crack", "spot"]}, "labels"), ({"threshold": {"value": float("nan"),
+                          "method": "x"}}, "threshold.value"), ({"model_file": "../../etc/passwd"}, "model_file"),
+                          ({"thershold": 0.5}, "thershold")]:
+        write_card(b, card | change)
+        with pytest.raises(BundleError, match=named):
+            load_bundle(b)

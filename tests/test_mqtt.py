@@ -14,12 +14,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from firmware_io.mqtt.broker import MOSQUITTO
+from firmware_io.mqtt.broker import LocalBroker as Broker
 from firmware_io.mqtt.client import MQTTTelemetry
 from firmware_io.mqtt.collector import Collector
 from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.mqtt.spool import Spool, SpoolFull
-
-from .brokers import MOSQUITTO, Broker
 
 ROOT = Path(__file__).resolve().parents[1]
 

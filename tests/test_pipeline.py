@@ -11,11 +11,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from edge.app import build_runtime
 from edge.config import load_config, validate_config
 from edge.errors import QCError
-from edge.pipeline import Runtime
 from edge.store import review
 from edge.telemetry import MemoryTelemetry
+
+from .conftest import write_card
 
 
 def make_runtime(bundle_dir, source_dir, tmp_path, **over):
@@ -30,7 +32,7 @@ def make_runtime(bundle_dir, source_dir, tmp_path, **over):
             node = node.setdefault(p, {})
         node[leaf] = value
     tel = MemoryTelemetry()
-    return Runtime(validate_config(values), tel), tel
+    return build_runtime(validate_config(values), telemetry=tel), tel
 
 
 def frames(synth32, tmp_path, n=12):
@@ -250,7 +252,7 @@ def test_a_reload_while_running_takes_effect_between_parts(bundle_dir, tmp_path,
     renamed = tmp_path / "renamed"
     shutil.copytree(bundle_dir, renamed)
     meta = json.loads((renamed / "model.json").read_text())
-    (renamed / "model.json").write_text(json.dumps(meta | {"name": "retrained"}))
+    write_card(renamed, meta | {"name": "retrained"})
     rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=40), tmp_path, source__rate_hz=100)
 
     def operator():
@@ -365,7 +367,7 @@ def test_encoder_triggers_a_part_every_pitch_and_fires_by_distance(bundle_dir, s
 
 
 def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundle_dir):
-    from edge.benchmark import LINE_SHARE, SLOWER_LINES, run_benchmark
+    from bench.edge_pipeline import LINE_SHARE, SLOWER_LINES, run_benchmark
 
     r = run_benchmark(bundle_dir, n=20, seconds=0.5, warmup=0.2)
     stages, naive = r["stages_alone_per_s"], r["naive_sequential_loop_per_s"]
@@ -385,3 +387,17 @@ def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundl
     assert r["meets_targets"] is False or line["not_inspected"] == 0  # targets are never met by losing parts
     assert r["workers"] == 2 or r["workers"] == os.cpu_count() == 1
     assert json.loads(json.dumps(r)) == r  # printable as JSON
+
+
+def test_every_reason_a_part_gets_is_documented(bundle_dir, synth32, tmp_path):
+    from edge.decision import REASONS, failsafe
+
+    src = frames(synth32, tmp_path)
+    (src / "000a.png").write_bytes(b"not an image")  # second in line: the gate still has room for it
+    rt, tel = make_runtime(bundle_dir, src, tmp_path, decision__threshold=0.0, gpio__gate__max_in_flight=2,
+                           gpio__gate__delay_ms=1000)
+    rt.run(on_stats=lambda line: None)
+    reasons = {e["reason"] for e in tel.inspections}
+    assert {"defect", "failsafe", "gate_overflow"} <= reasons and reasons <= set(REASONS)
+    with pytest.raises(ValueError, match="lost"):
+        failsafe("lost")  # an undocumented reason is a bug, not a new value

@@ -8,11 +8,10 @@ import training.train
 from edge.errors import QCError
 from qc.cli import main
 from training import model as models
+from training.config import PLATEAU_PATIENCE, TrainConfig
 from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
 from training.train import (
-    PLATEAU_PATIENCE,
     DefectRecall,
-    TrainConfig,
     _class_loss,
     _optimizer,
     _rate,
@@ -233,13 +232,13 @@ def test_pretrained_weights_train_the_head_then_fine_tune(tmp_path, synth32):
 def test_cam_targets_follow_masks_and_ignore_unmasked_defects():
     import tensorflow as tf
 
-    from training.pipeline import cam_targets
+    from training.input_pipeline import cam_targets
 
     masks = np.zeros((3, 8, 8, 1), np.float32)
     masks[0, :4, :4] = 1  # a defect in the top-left cell of a 2x2 grid
     labels = tf.constant([2, 0, 3])
     has_mask = tf.constant([True, False, False])
-    t = cam_targets(tf.constant(masks), labels, has_mask, grid=2).numpy()
+    t = cam_targets(tf.constant(masks), labels, has_mask, grid=2, good_index=0).numpy()
     assert t[0].tolist() == [[2, 0], [0, 0]]
     assert t[1].tolist() == [[0, 0], [0, 0]]  # good part: every cell is good
     assert t[2].tolist() == [[-1, -1], [-1, -1]]  # a defect without a mask: the map is not told
@@ -251,7 +250,7 @@ def test_mask_supervision_trains_both_outputs(tiny_run):
 
 
 def test_defect_recall_counts_defective_parts_flagged_as_any_defect():
-    m = DefectRecall()
+    m = DefectRecall(good_index=0)
     m.update_state(np.array([1, 2, 0]), np.array([[0.9, 0.1, 0.0], [0.2, 0.1, 0.7], [0.1, 0.9, 0.0]]))
     m.update_state(np.array([2]), np.array([[0.1, 0.8, 0.1]]))  # the wrong defect class still rejects the part
     assert float(m.result()) == pytest.approx(2 / 3)

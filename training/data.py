@@ -7,25 +7,27 @@ ground_truth/<defect>/<stem>_mask.png). `masks/` is reserved for pixel masks. No
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import QCError
+from edge.decision import GOOD
+from edge.images import IMAGE_EXTS, ImageError
+from edge.images import decode as decode_image
 from edge.preprocess import resize, to_rgb
+from training.errors import TrainingError
 
-__all__ = ["IMAGE_EXTS", "DatasetError", "Item", "Dataset", "scan", "load_arrays", "decode", "load_mask"]
+__all__ = ["GOOD", "SPLIT_FRACTIONS", "DatasetError", "Item", "Dataset", "scan", "load_arrays", "read_rgb",
+           "load_mask", "split_sizes"]
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-SPLIT_NAMES = ("train", "val", "test")
+SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+SPLIT_NAMES = tuple(SPLIT_FRACTIONS)
 RESERVED = {"masks", "ground_truth"}
-GOOD = "good"
 
 
-class DatasetError(QCError, ValueError):
+class DatasetError(TrainingError, ValueError):
     """A dataset folder that cannot be used, with the path that is wrong."""
 
 
@@ -86,23 +88,27 @@ class Dataset:
 
 
 def decode(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
-    """Decode image bytes to an 8-bit array (H x W or H x W x C) or raise naming the path."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Decode image bytes with the edge's decoder, or raise a DatasetError naming the path."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # raises on truncated files
-            if im.mode not in ("L", "RGB", "RGBA"):
-                im = im.convert("RGB" if im.mode in ("P", "CMYK", "YCbCr", "LA", "I;16", "I", "F") else "L")
-            return np.asarray(im)
-    except UnidentifiedImageError as exc:
-        raise DatasetError(f"{path}: cannot decode image (unknown format or damaged header)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot decode image ({exc})") from exc
+        return decode_image(data, str(path))
+    except ImageError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as H x W x 3 RGB, decoded as the box decodes its frames."""
+    return to_rgb(decode(Path(path).read_bytes(), path), bgr=True)
+
+
+def split_sizes(n: int) -> tuple[int, int, int]:
+    """(train, val, test) sizes of a class of n images: every split gets at least one."""
+    n_val = max(1, round(n * SPLIT_FRACTIONS["val"]))
+    n_test = max(1, round(n * SPLIT_FRACTIONS["test"]))
+    return n - n_val - n_test, n_val, n_test
 
 
 def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
-    m = to_rgb(decode(path.read_bytes(), path))[..., 0]
+    m = read_rgb(path)[..., 0]
     return resize(m, size, "nearest") > 127
 
 
@@ -120,7 +126,7 @@ def _order_classes(names) -> list[str]:
     return [GOOD] + sorted(names - {GOOD}) if GOOD in names else sorted(names)
 
 
-def _stratified_split(items: list[Item], seed: int, fractions=(0.7, 0.15, 0.15)) -> None:
+def _stratified_split(items: list[Item], seed: int) -> None:
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[Item]] = {}
     for it in items:
@@ -129,8 +135,7 @@ def _stratified_split(items: list[Item], seed: int, fractions=(0.7, 0.15, 0.15))
         if len(group) < 3:
             raise DatasetError(f"class '{label}' has {len(group)} image(s); at least 3 are needed to split train/val/test")
         order = rng.permutation(len(group))
-        n_val = max(1, round(len(group) * fractions[1]))
-        n_test = max(1, round(len(group) * fractions[2]))
+        _, n_val, n_test = split_sizes(len(group))
         for rank, idx in enumerate(order):
             group[idx].split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
 
@@ -239,7 +244,7 @@ def load_arrays(ds: Dataset, split: str, size: int, with_masks: bool = False):
     x = np.zeros((len(items), size, size, 3), np.uint8)
     masks = np.zeros((len(items), size, size), bool) if with_masks else None
     for i, it in enumerate(items):
-        x[i] = resize(to_rgb(decode(it.path.read_bytes(), it.path)), (size, size), "area")
+        x[i] = resize(read_rgb(it.path), (size, size), "area")
         if with_masks and it.mask is not None:
             masks[i] = load_mask(it.mask, (size, size))
     y = np.array([ds.class_index[it.label] for it in items], np.int64)

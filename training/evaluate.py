@@ -3,7 +3,6 @@ defect recall, class activation maps, plots and a self-contained HTML report."""
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -13,22 +12,25 @@ import cv2
 import numpy as np
 from sklearn import metrics as skm
 
-from edge.errors import QCError
+from edge.decision import GOOD, defect_scores
 from edge.localize import defect_map
-from edge.preprocess import resize, to_rgb
+from edge.preprocess import resize
+from firmware_io.pages import page, png_data_uri
 from training import data, plots
 from training import model as models
+from training.config import TARGET_RECALL
+from training.errors import TrainingError
 
 __all__ = ["binary_report", "choose_threshold", "evaluate", "explain", "overlay", "pointing_game"]
 
 
 def choose_threshold(scores: np.ndarray, is_defect: np.ndarray, target_recall: float) -> float:
     """The highest threshold t (reject when score >= t) whose defect recall reaches the target."""
-    defect_scores = np.sort(scores[is_defect])[::-1]
-    if len(defect_scores) == 0:
-        raise QCError("no defective parts in the split: cannot choose a threshold")
-    k = max(1, math.ceil(target_recall * len(defect_scores)))
-    return float(defect_scores[k - 1])
+    ranked = np.sort(scores[is_defect])[::-1]
+    if len(ranked) == 0:
+        raise TrainingError("no defective parts in the split: cannot choose a threshold")
+    k = max(1, math.ceil(target_recall * len(ranked)))
+    return float(ranked[k - 1])
 
 
 def decision_report(rejected: np.ndarray, is_defect: np.ndarray) -> dict:
@@ -74,10 +76,6 @@ def _predict(cam_model, x: np.ndarray, batch: int = 64):
     return probs, cams
 
 
-def _png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
 def _report_html(m: dict, pngs: dict[str, Path], out: Path) -> None:
     def table(rows: dict) -> str:
         return "<table>" + "".join(
@@ -88,14 +86,10 @@ def _report_html(m: dict, pngs: dict[str, Path], out: Path) -> None:
     per_class = "".join(
         f"<tr><th>{html.escape(c)}</th><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
         f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>" for c, v in m["per_class"].items())
-    figures = "".join(f"<figure><img src='{_png_data_uri(p)}'><figcaption>{html.escape(k)}</figcaption></figure>"
+    figures = "".join(f"<figure><img src='{png_data_uri(p)}'><figcaption>{html.escape(k)}</figcaption></figure>"
                       for k, p in pngs.items())
     thr = m["threshold"]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation: {html.escape(m['run'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{display:inline-block;margin:8px}}
-img{{max-width:100%}}.big{{font-size:1.3em}}</style></head><body>
-<h1>Evaluation of {html.escape(m['run'])}</h1>
+    body = f"""<h1>Evaluation of {html.escape(m['run'])}</h1>
 <p>Dataset {html.escape(m['dataset'])}, split <b>{m['split']}</b>, {m['n']} images, classes {html.escape(', '.join(m['classes']))}.</p>
 <p class="big">Reject when defect score &ge; <b>{thr['value']:.4f}</b>, chosen on the validation split for a defect recall of
 {thr['target_recall']:.3f}. On the test split it catches <b>{100 * thr['test']['recall']:.2f}%</b> of defective parts and
@@ -104,29 +98,30 @@ rejects <b>{100 * thr['test']['false_reject_rate']:.2f}%</b> of good parts.</p>
 <h3>at the most likely class (argmax)</h3>{table(m['binary_argmax'])}
 {table({'ROC AUC': m['roc_auc'], 'PR AUC': m['pr_auc'], 'pointing game hit rate': m.get('pointing_game', {}).get('hit_rate', float('nan'))})}
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
-<h2>Figures</h2>{figures}</body></html>"""
-    out.write_text(page)
+<h2>Figures</h2>{figures}"""
+    out.write_text(page(f"Evaluation: {m['run']}", body))
 
 
-def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: float = 0.99,
+def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: float = TARGET_RECALL,
              worst: int = 12) -> dict:
     run = Path(run)
     cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
     net = models.load(run)
     if cfg is None:
-        raise QCError(f"{run}: no config.json beside model.keras")
+        raise TrainingError(f"{run}: no config.json beside model.keras")
     ds = data.scan(data_dir, seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
     if ds.classes != cfg["classes"]:
-        raise QCError(f"the model was trained on classes {cfg['classes']}, but {data_dir} has classes {ds.classes}")
+        raise TrainingError(f"the model was trained on classes {cfg['classes']}, but {data_dir} has classes {ds.classes}")
     size = net.input.shape[1]
     cam_model = models.with_cam(net)
     x_val, y_val, _ = data.load_arrays(ds, "val", size)
     x, y, masks = data.load_arrays(ds, split, size, with_masks=True)
-    val_scores = 1.0 - _predict(cam_model, x_val)[0][:, 0]
+    good = ds.class_index[GOOD]
+    val_scores = defect_scores(_predict(cam_model, x_val)[0], good)
     probs, cams = _predict(cam_model, x)
-    scores = 1.0 - probs[:, 0]
-    is_defect = y != 0
-    threshold = choose_threshold(val_scores, y_val != 0, target_recall)
+    scores = defect_scores(probs, good)
+    is_defect = y != good
+    threshold = choose_threshold(val_scores, y_val != good, target_recall)
     out = run / "eval"
     out.mkdir(exist_ok=True)
     labels = list(range(len(ds.classes)))
@@ -140,17 +135,17 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
         "accuracy": float(skm.accuracy_score(y, pred)),
         "macro_f1": float(np.mean(f)),
         # argmax decides "defect" when p(good) is not the largest class score
-        "binary_argmax": {"threshold": "argmax", **decision_report(pred != 0, is_defect)},
+        "binary_argmax": {"threshold": "argmax", **decision_report(pred != good, is_defect)},
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, c in enumerate(ds.classes)},
         "confusion_matrix": cm.tolist(),
         "roc_auc": float(skm.roc_auc_score(is_defect, scores)),
         "pr_auc": float(skm.average_precision_score(is_defect, scores)),
         "threshold": {"value": threshold, "target_recall": target_recall, "chosen_on": "val",
-                      "val": binary_report(val_scores, y_val != 0, threshold),
+                      "val": binary_report(val_scores, y_val != good, threshold),
                       "test": binary_report(scores, is_defect, threshold)},
     }
-    maps = np.stack([defect_map(c, good_index=0) for c in cams])
+    maps = np.stack([defect_map(c, good) for c in cams])
     with_mask = is_defect & masks.reshape(len(masks), -1).any(1)
     if with_mask.any():
         m["pointing_game"] = {"hit_rate": pointing_game(maps[with_mask], masks[with_mask]),
@@ -184,17 +179,18 @@ def explain(run: Path, images: list[Path], out: Path) -> list[Path]:
     """Write a heatmap overlay per image: where the model sees a defect."""
     net = models.load(run)
     classes = json.loads((Path(run) / "config.json").read_text())["classes"]
+    good = classes.index(GOOD)
     cam_model = models.with_cam(net)
     size = net.input.shape[1]
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in images:
-        img = resize(to_rgb(data.decode(Path(path).read_bytes(), path)), (size, size), "area")
+        img = resize(data.read_rgb(path), (size, size), "area")
         probs, cams = _predict(cam_model, img[None])
         label = classes[int(probs[0].argmax())]
-        vis = overlay(img, defect_map(cams[0], good_index=0))
+        vis = overlay(img, defect_map(cams[0], good))
         vis = cv2.resize(vis, (256, 256), interpolation=cv2.INTER_NEAREST)
-        cv2.putText(vis, f"{label} {1 - probs[0, 0]:.2f}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        cv2.putText(vis, f"{label} {float(defect_scores(probs[0], good)):.2f}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
         dst = out / f"{Path(path).stem}_cam.png"
         cv2.imwrite(str(dst), vis[..., ::-1])
         written.append(dst)

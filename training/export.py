@@ -3,11 +3,9 @@ against the float model on the test split, written as a bundle (model.tflite + m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,14 @@ from sklearn import metrics as skm
 from edge.bundle import Bundle, BundleError, load_bundle, tensor_spec, write_bundle
 from edge.classifiers import make_classifier
 from edge.classifiers.base import import_interpreter
-from edge.errors import QCError
+from edge.decision import GOOD, defect_scores
+from firmware_io.settings import validated
 from training import data
 from training import model as models
+from training.config import ExportConfig
+from training.errors import TrainingError
 from training.evaluate import binary_report, choose_threshold, decision_report
+from training.quiet import captured_output
 
 __all__ = ["EDGETPU_OPS", "convert", "export", "representative_indices"]
 
@@ -60,7 +62,7 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
     elif mode == "int8":
         expected = tuple(keras_model.input.shape[1:])
         if rep_x is None or rep_x.ndim != 4 or tuple(rep_x.shape[1:]) != expected:
-            raise QCError(f"representative images of shape {None if rep_x is None else rep_x.shape[1:]} "
+            raise TrainingError(f"representative images of shape {None if rep_x is None else rep_x.shape[1:]} "
                           f"do not match the model input {expected}")
         # a black and a white frame calibrate the input tensor to the whole 0..255 range: a part brighter than
         # any in training is not clipped, and camera pixels go in as they are (scale 1, zero point 0, no copy)
@@ -70,7 +72,7 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = conv.inference_output_type = {"uint8": tf.uint8, "int8": tf.int8}[io_dtype]
         conv._experimental_disable_per_channel = not per_channel  # the converter's only switch for it
-    with contextlib.redirect_stdout(sys.stderr):  # Keras prints the saved signature; stdout is for results
+    with captured_output():  # the saved signature and the converter's C++ log, shown only on a failure
         return conv.convert()
 
 
@@ -104,7 +106,7 @@ def _run_edgetpu_compiler(staging: Path) -> str:
     proc = subprocess.run([exe, "-s", "-o", str(staging), str(staging / "model.tflite")],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise QCError(f"edgetpu_compiler failed:\n{proc.stdout}\n{proc.stderr}")
+        raise TrainingError(f"edgetpu_compiler failed:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
 
 
@@ -113,24 +115,27 @@ def _tflite_scores(bundle: Bundle, x: np.ndarray) -> np.ndarray:
     return np.stack([clf.infer(img).scores for img in x])
 
 
-def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_representative: int = 200,
-           max_drop: float = 0.01, allow_drop: bool = False, edgetpu: bool = False, force: bool = False,
-           data_dir: Path | None = None, per_channel: bool = True, qat_epochs: int = 0) -> dict:
+def export(run: Path, out: Path, **settings) -> dict:
+    """Quantize RUN's model, check it against float on the test split and write the bundle OUT;
+    `settings` are ExportConfig's fields (`qc export --help`)."""
+    cfg_x = validated(ExportConfig, settings, "export settings")
+    mode, io_dtype, qat_epochs, max_drop = cfg_x.mode, cfg_x.io, cfg_x.qat, cfg_x.max_drop
+    per_channel = not cfg_x.per_tensor
     run, out = Path(run), Path(out)
     if qat_epochs and (mode != "int8" or not per_channel):
-        raise QCError("--qat fine-tunes for --int8 with per-channel weights (the ranges it learns); "
+        raise TrainingError("--qat fine-tunes for --int8 with per-channel weights (the ranges it learns); "
                       f"it does not combine with {'--per-tensor' if mode == 'int8' else '--' + mode}")
     net = models.load(run)
     cfg = json.loads((run / "config.json").read_text())
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and any(out.iterdir()) and not cfg_x.force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
-    ds = data.scan(data_dir or cfg["dataset"]["root"], seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
+    ds = data.scan(cfg_x.data or cfg["dataset"]["root"], seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
     if ds.classes != cfg["classes"]:
-        raise QCError(f"the model was trained on classes {cfg['classes']}, but the data has {ds.classes}")
-    size = net.input.shape[1]
+        raise TrainingError(f"the model was trained on classes {cfg['classes']}, but the data has {ds.classes}")
+    size, good = net.input.shape[1], ds.class_index[GOOD]
     cam_model = models.with_cam(net, logits=True)
     x_train, y_train, _ = data.load_arrays(ds, "train", size)
-    rep = x_train[representative_indices(y_train, n_representative, cfg["seed"])]
+    rep = x_train[representative_indices(y_train, cfg_x.representative, cfg["seed"])]
     evaluation = json.loads((run / "eval" / "metrics.json").read_text()) if (run / "eval" / "metrics.json").exists() else None
     if qat_epochs or evaluation:  # fine-tuning validates on it; the threshold is chosen again on it
         x_val, y_val, _ = data.load_arrays(ds, "val", size)
@@ -157,7 +162,7 @@ def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_
         "input": _tensor_meta(it.get_input_details()[0], color="rgb", resize="area",
                               range="raw 0..255 pixels; normalization is inside the model"),
         "output": _tensor_meta(logits_d, kind="logits"),
-        "cam": _tensor_meta(cam_d, kind="softmax-per-location", good_index=0),
+        "cam": _tensor_meta(cam_d, kind="softmax-per-location", good_index=good),
         "threshold": threshold,
         "quantization": {"mode": mode, "representative_images": len(rep),
                          "method": f"quantization-aware fine-tuning, {qat_epochs} epoch{'s' * (qat_epochs > 1)}" if qat_epochs
@@ -173,37 +178,37 @@ def export(run: Path, out: Path, mode: str = "int8", io_dtype: str = "uint8", n_
     bundle = write_bundle(staging, model, meta)
     if evaluation:
         # the threshold is chosen again on val with the exported model's own scores, which quantization moves
-        lite_val = 1 - _tflite_scores(bundle, x_val)[:, 0]
-        threshold = threshold | {"value": choose_threshold(lite_val, y_val != 0, threshold["target_recall"]),
+        lite_val = defect_scores(_tflite_scores(bundle, x_val), good)
+        threshold = threshold | {"value": choose_threshold(lite_val, y_val != good, threshold["target_recall"]),
                                  "float_value": threshold["value"], "chosen_with": f"the {mode} model"}
         meta["threshold"] = threshold
     # float vs exported on the test split, each at the threshold chosen for it
     x_test, y_test, _ = data.load_arrays(ds, "test", size)
-    is_defect = y_test != 0
+    is_defect = y_test != good
     float_probs, lite_probs = net.predict(x_test.astype(np.float32), verbose=0), _tflite_scores(bundle, x_test)
-    float_scores, lite_scores = 1 - float_probs[:, 0], 1 - lite_probs[:, 0]
+    float_scores, lite_scores = defect_scores(float_probs, good), defect_scores(lite_probs, good)
     m_float = binary_report(float_scores, is_defect, threshold.get("float_value", threshold["value"]))
     m_lite = binary_report(lite_scores, is_defect, threshold["value"])
     # threshold-free figures too: at 99 % recall the chosen threshold rests on the two or three lowest-scored
     # validation defects, so F1 at the threshold moves with them as much as with the quantization
     for m, probs in ((m_float, float_probs), (m_lite, lite_probs)):
-        m["argmax_f1"] = decision_report(probs.argmax(1) != 0, is_defect)["f1"]
+        m["argmax_f1"] = decision_report(probs.argmax(1) != good, is_defect)["f1"]
         both = 0 < is_defect.sum() < len(is_defect)
-        m["roc_auc"] = float(skm.roc_auc_score(is_defect, 1 - probs[:, 0])) if both else None
+        m["roc_auc"] = float(skm.roc_auc_score(is_defect, defect_scores(probs, good))) if both else None
     drop = {k: m_float[k] - m_lite[k] for k in ("f1", "recall")}
     meta["metrics"] = {"split": "test", "n": int(len(y_test)), "float": m_float, mode: m_lite, "drop": drop,
                        "max_score_diff": float(np.abs(float_scores - lite_scores).max())}
     notes = []
-    if edgetpu:
+    if cfg_x.edgetpu:
         notes += _edgetpu_check(model)
         notes.append(_run_edgetpu_compiler(staging))
     meta["notes"] = notes
     compiled = staging / "model_edgetpu.tflite"
     bundle = write_bundle(staging, compiled.read_bytes() if compiled.exists() else model, meta, force=True,
                           model_file=compiled.name if compiled.exists() else "model.tflite")
-    if max(drop.values()) > max_drop and not allow_drop:
+    if max(drop.values()) > max_drop and not cfg_x.allow_drop:
         shutil.rmtree(staging)
-        raise QCError(f"{mode} model loses too much: F1 {m_float['f1']:.4f} -> {m_lite['f1']:.4f}, defect recall "
+        raise TrainingError(f"{mode} model loses too much: F1 {m_float['f1']:.4f} -> {m_lite['f1']:.4f}, defect recall "
                       f"{m_float['recall']:.4f} -> {m_lite['recall']:.4f} (max drop {max_drop})"
                       + ("" if qat_epochs else "; --qat 2 fine-tunes the model for int8 and usually recovers it")
                       + "; pass --allow-drop to export anyway")

@@ -11,15 +11,10 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from edge.errors import QCError
+from training.config import ARCHITECTURES
+from training.errors import TrainingError
 
-__all__ = ["ARCHS", "build", "with_cam", "load"]
-
-ARCHS = {
-    "mobilenet_v2": keras.applications.MobileNetV2,
-    "mobilenet_v3_small": keras.applications.MobileNetV3Small,
-    "mobilenet_v3_large": keras.applications.MobileNetV3Large,
-}
+__all__ = ["build", "with_cam", "load"]
 
 
 @keras.saving.register_keras_serializable(package="qc")
@@ -48,24 +43,24 @@ def _weights_arg(weights: str) -> str | None:
     if weights == "imagenet":
         return "imagenet"
     if not Path(weights).is_file():
-        raise QCError(f"--weights {weights}: not 'none', 'imagenet' or an existing weights file")
+        raise TrainingError(f"--weights {weights}: not 'none', 'imagenet' or an existing weights file")
     return weights
 
 
 def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: str = "none",
           dropout: float = 0.2, pooling: str = "avg") -> keras.Model:
-    if arch not in ARCHS:
-        raise QCError(f"unknown architecture '{arch}'; choose from {list(ARCHS)}")
+    if arch not in ARCHITECTURES:
+        raise TrainingError(f"unknown architecture '{arch}'; choose from {list(ARCHITECTURES)}")
     if input_size < 32:
-        raise QCError(f"--input-size {input_size} is too small; MobileNet needs at least 32")
+        raise TrainingError(f"--input-size {input_size} is too small; MobileNet needs at least 32")
     kwargs = dict(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False,
                   weights=_weights_arg(weights))
     if arch != "mobilenet_v2":
         kwargs["include_preprocessing"] = True  # V3 rescales 0..255 itself
     try:
-        base = ARCHS[arch](**kwargs)
+        base = getattr(keras.applications, ARCHITECTURES[arch].keras_name)(**kwargs)
     except ValueError as exc:  # e.g. no imagenet weights for this alpha / size
-        raise QCError(f"cannot build {arch} alpha={alpha} size={input_size} weights={weights}: {exc}") from exc
+        raise TrainingError(f"cannot build {arch} alpha={alpha} size={input_size} weights={weights}: {exc}") from exc
     base.name = "backbone"
     pretrained = pretrained_weights(weights)
     if not pretrained:
@@ -121,5 +116,5 @@ def with_cam(model: keras.Model, for_training: bool = False, pretrained: bool = 
 def load(run: Path) -> keras.Model:
     path = Path(run) / "model.keras"
     if not path.is_file():
-        raise QCError(f"{run}: no trained model (expected {path}); run `qc train` first")
+        raise TrainingError(f"{run}: no trained model (expected {path}); run `qc train` first")
     return keras.models.load_model(path, compile=False)  # training compiles its own; the rest only predicts

@@ -20,8 +20,9 @@ import sys
 
 import numpy as np
 
-from edge.errors import QCError
 from training import model as models
+from training.config import ARCHITECTURES
+from training.errors import TrainingError
 
 __all__ = ["quantization_aware"]
 
@@ -33,7 +34,7 @@ def _import_toolkit():
         import tensorflow_model_optimization as tfmot
         import tf_keras
     except ImportError as exc:
-        raise QCError(f"--qat needs tf-keras and tensorflow-model-optimization ({exc}); "
+        raise TrainingError(f"--qat needs tf-keras and tensorflow-model-optimization ({exc}); "
                       "install them with `pip install -e '.[train]'`") from exc
     finally:
         if before is None:
@@ -65,7 +66,7 @@ def _twin(net, arch: str, alpha: float, tf_keras):
         x = (Standardize(name="preprocess") if isinstance(pre, models.Standardize)
              else k.layers.Rescaling(pre.scale, offset=pre.offset, name="preprocess"))(inp)
     kwargs = {"include_preprocessing": True} if arch != "mobilenet_v2" else {}
-    base = getattr(k.applications, models.ARCHS[arch].__name__)(
+    base = getattr(k.applications, ARCHITECTURES[arch].keras_name)(
         input_tensor=x, alpha=alpha, include_top=False, weights=None, **kwargs)
     pool_cls = type(net.get_layer("pool")).__name__
     pooled = getattr(k.layers, pool_cls)(name="pool")(base.output)
@@ -81,7 +82,7 @@ def _twin(net, arch: str, alpha: float, tf_keras):
     target = _weighted_layers(layer for layer in twin.layers if layer.name != "cam_head")
     shapes = [[tuple(w.shape) for w in layer.weights] for layer in source]
     if shapes != [[tuple(w.shape) for w in layer.weights] for layer in target]:
-        raise QCError(f"cannot rebuild {net.name} in tf-keras for quantization-aware training: its layers differ")
+        raise TrainingError(f"cannot rebuild {net.name} in tf-keras for quantization-aware training: its layers differ")
     for src, dst in zip(source, target):
         dst.set_weights([np.asarray(w) for w in src.weights])
     twin.get_layer("cam_head").set_weights(twin.get_layer("head").get_weights())
@@ -105,7 +106,7 @@ def quantization_aware(net, arch: str, alpha: float, train: tuple[np.ndarray, np
     want = models.with_cam(net, logits=True).predict(probe, verbose=0)[0]
     got = twin.predict(probe, verbose=0)[0]
     if not np.allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max())):
-        raise QCError(f"the tf-keras twin of {net.name} computes different logits (max difference "
+        raise TrainingError(f"the tf-keras twin of {net.name} computes different logits (max difference "
                       f"{np.abs(got - want).max():.3g}); quantization-aware training would start from another model")
     registry = qk.default_8bit.Default8BitQuantizeRegistry()
     # BatchNorm has no recipe of its own: the toolkit folds it into the convolution before it, as the converter does

@@ -9,46 +9,38 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge.errors import QCError
+from training.config import DEFECTS, SynthConfig
+from training.data import GOOD, SPLIT_FRACTIONS, split_sizes
+from training.errors import TrainingError
 
 __all__ = ["DEFECTS", "SURFACES", "SynthConfig", "make_sample", "generate"]
 
 SURFACES = ("brushed", "woven", "grain", "grit")
-DEFECTS = ("scratch", "spot", "crack", "stain")
 MIN_SIZE = 32
-SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
-@dataclass
-class SynthConfig:
-    count: int = 1000
-    seed: int = 0
-    size: int = 128
-    classes: list[str] = field(default_factory=lambda: list(DEFECTS))
-    good_fraction: float = 0.5
-
-    def validate(self) -> None:
-        if self.count < 1:
-            raise QCError(f"--count must be at least 1, got {self.count}")
-        if self.size < MIN_SIZE:
-            raise QCError(f"--size {self.size} is too small for the defects: the minimum is {MIN_SIZE}")
-        unknown = sorted(set(self.classes) - set(DEFECTS))
-        if unknown:
-            raise QCError(f"unknown defect class(es) {unknown}; choose from {list(DEFECTS)}")
-        if not self.classes:
-            raise QCError("--classes needs at least one defect class")
-        if not 0.0 < self.good_fraction < 1.0:
-            raise QCError(f"good_fraction must be in (0, 1), got {self.good_fraction}")
-        plan = Counter(_class_plan(self))
-        if len(plan) < 1 + len(self.classes) or min(plan.values()) < 3:
-            raise QCError(f"--count {self.count} is too small: every class needs at least 3 images "
-                          "(one each for train, val and test)")
+def validate(cfg: SynthConfig) -> None:
+    """Name the setting at fault before anything is written."""
+    if cfg.count < 1:
+        raise TrainingError(f"--count must be at least 1, got {cfg.count}")
+    if cfg.size < MIN_SIZE:
+        raise TrainingError(f"--size {cfg.size} is too small for the defects: the minimum is {MIN_SIZE}")
+    unknown = sorted(set(cfg.classes) - set(DEFECTS))
+    if unknown:
+        raise TrainingError(f"unknown defect class(es) {unknown}; choose from {list(DEFECTS)}")
+    if not cfg.classes:
+        raise TrainingError("--classes needs at least one defect class")
+    if not 0.0 < cfg.good_fraction < 1.0:
+        raise TrainingError(f"good_fraction must be in (0, 1), got {cfg.good_fraction}")
+    plan = Counter(_class_plan(cfg))
+    if len(plan) < 1 + len(cfg.classes) or min(plan.values()) < 3:
+        raise TrainingError(f"--count {cfg.count} is too small: every class needs at least 3 images "
+                            "(one each for train, val and test)")
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
@@ -139,7 +131,7 @@ def make_sample(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndar
     img += rng.uniform(0, 45) * (np.cos(angle) * xx + np.sin(angle) * yy)
     img -= rng.uniform(0, 40) * (xx**2 + yy**2)
     mask = None
-    if kind != "good":
+    if kind != GOOD:
         mask, soft = _defect_mask(rng, size, kind)
         low, high = {"stain": (16, 36), "spot": (30, 75), "scratch": (35, 75), "crack": (40, 85)}[kind]
         sign = -1.0 if kind in ("spot", "crack") or rng.random() < 0.5 else 1.0
@@ -153,7 +145,7 @@ def make_sample(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndar
 def _class_plan(cfg: SynthConfig) -> list[str]:
     n_good = max(1, round(cfg.count * cfg.good_fraction))
     n_def = cfg.count - n_good
-    labels = ["good"] * n_good
+    labels = [GOOD] * n_good
     for i, cls in enumerate(cfg.classes):
         labels += [cls] * (n_def // len(cfg.classes) + (1 if i < n_def % len(cfg.classes) else 0))
     return labels
@@ -161,9 +153,7 @@ def _class_plan(cfg: SynthConfig) -> list[str]:
 
 def _split_of(index_in_class: int, n_in_class: int) -> str:
     """Every split gets at least one image of every class."""
-    n_val = max(1, round(n_in_class * SPLITS["val"]))
-    n_test = max(1, round(n_in_class * SPLITS["test"]))
-    n_train = n_in_class - n_val - n_test
+    n_train, n_val, _ = split_sizes(n_in_class)
     return "train" if index_in_class < n_train else "val" if index_in_class < n_train + n_val else "test"
 
 
@@ -175,15 +165,15 @@ def _png(img: np.ndarray) -> bytes:
 
 def generate(out: str | Path, cfg: SynthConfig, progress=None) -> dict:
     """Write OUT/{train,val,test}/<class>/*.png, OUT/masks/<class>/*.png and OUT/dataset.json."""
-    cfg.validate()
+    validate(cfg)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise QCError(f"{out} exists and is not empty; choose a new folder")
+        raise TrainingError(f"{out} exists and is not empty; choose a new folder")
     labels = _class_plan(cfg)
     per_class = {c: labels.count(c) for c in dict.fromkeys(labels)}
     seen = dict.fromkeys(per_class, 0)
     files: dict[str, str] = {}
-    counts: dict[str, dict[str, int]] = {s: dict.fromkeys(per_class, 0) for s in SPLITS}
+    counts: dict[str, dict[str, int]] = {s: dict.fromkeys(per_class, 0) for s in SPLIT_FRACTIONS}
     for i, cls in enumerate(labels):
         rng = np.random.default_rng([cfg.seed, i])
         img, mask = make_sample(rng, cfg.size, cls)
@@ -204,9 +194,9 @@ def generate(out: str | Path, cfg: SynthConfig, progress=None) -> dict:
             progress(i + 1, len(labels))
     manifest = {
         "kind": "qc-synth",
-        "generator": asdict(cfg),
+        "generator": cfg.model_dump(),
         "classes": list(per_class),
-        "good_class": "good",
+        "good_class": GOOD,
         "counts": counts,
         "files": dict(sorted(files.items())),
     }

@@ -19,5 +19,5 @@ BACKENDS = {"cpu": LiteRTClassifier, "edgetpu": EdgeTPUClassifier}
 def make_classifier(bundle: Bundle, backend: str = "auto", num_threads: int = 2) -> Classifier:
     """`auto` picks the Edge TPU for an `_edgetpu.tflite` model, the CPU otherwise."""
     if backend == "auto":
-        backend = "edgetpu" if bundle.meta["model_file"].endswith("_edgetpu.tflite") else "cpu"
+        backend = "edgetpu" if bundle.card.model_file.endswith("_edgetpu.tflite") else "cpu"
     return BACKENDS[backend](bundle, num_threads=num_threads)

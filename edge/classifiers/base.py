@@ -7,24 +7,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.bundle import Bundle, check_tensors
-from edge.errors import QCError
+from edge.errors import EdgeError
 from edge.quant import dequantize, quantize
 
 
 def import_interpreter():
-    """LiteRT, then tflite_runtime, then TensorFlow's copy only if it is installed anyway."""
+    """LiteRT (`ai-edge-litert`), else `tflite-runtime` on boxes that still have it. Never TensorFlow: the
+    edge runs without it (tests/test_layers.py holds every edge module to that)."""
     try:
         from ai_edge_litert.interpreter import Interpreter, load_delegate
     except ImportError:
         try:
             from tflite_runtime.interpreter import Interpreter, load_delegate
-        except ImportError:
-            try:
-                from tensorflow.lite import Interpreter
-                from tensorflow.lite.experimental import load_delegate
-            except ImportError as exc:
-                raise QCError("no LiteRT interpreter: pip install ai-edge-litert "
-                              "(or tflite-runtime on older boxes)") from exc
+        except ImportError as exc:
+            raise EdgeError("no LiteRT interpreter: pip install ai-edge-litert "
+                            "(or tflite-runtime on older boxes)") from exc
     return Interpreter, load_delegate
 
 
@@ -54,9 +51,8 @@ class Classifier:
         check_tensors(bundle, inputs, outputs)
         self._in = inputs[0]
         by_name = {d["name"]: d for d in outputs}
-        self._out = by_name[bundle.meta["output"]["name"]]
-        cam = bundle.meta.get("cam")
-        self._cam = by_name[cam["name"]] if cam else None
+        self._out = by_name[bundle.card.output.name]
+        self._cam = by_name[bundle.card.cam.name] if bundle.card.cam else None
         self.input_dtype = np.dtype(self._in["dtype"])
         self._logits = bundle.output_kind == "logits"
 
@@ -67,7 +63,7 @@ class Classifier:
         """rgb: uint8 (H, W, 3) at the bundle's input size."""
         expected = tuple(self._in["shape"][1:])
         if rgb.shape != expected:
-            raise QCError(f"input of shape {rgb.shape} does not match the model's {expected}")
+            raise EdgeError(f"input of shape {rgb.shape} does not match the model's {expected}")
         scale, zp = self._in["quantization"]
         self.interpreter.set_tensor(self._in["index"], quantize(rgb, self.input_dtype, scale or 1.0, zp)[None])
         self.interpreter.invoke()

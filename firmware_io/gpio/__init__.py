@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from firmware_io.gpio.base import GPIOBackend, ManualClock, RealClock
 from firmware_io.gpio.config import GPIOConfig
-from firmware_io.gpio.devices import Encoder, PartSensor, RejectGate, Scheduled, StackLight
+from firmware_io.gpio.devices import Encoder, PartSensor, StackLight
+from firmware_io.gpio.gate import RejectGate, Scheduled
 
 __all__ = ["BACKENDS", "GPIOBackend", "GPIOConfig", "ManualClock", "RealClock", "Encoder", "PartSensor",
            "RejectGate", "Scheduled", "StackLight", "make_backend"]

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from firmware_io.settings import Strict
 
 BCM_PINS = range(0, 28)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GateConfig(_Strict):
+class GateConfig(Strict):
     pins: list[int] = Field([17], min_length=1, description="one output pin per lane (BCM numbers)")
     active_high: bool = Field(True, description="the level that opens the gate")
     delay_ms: float | None = Field(300.0, gt=0, description="constant-speed line: capture to firing delay")
@@ -36,27 +34,27 @@ class GateConfig(_Strict):
         return self
 
 
-class InputConfig(_Strict):
+class InputConfig(Strict):
     pin: int = Field(description="BCM input pin")
     pull_up: bool = Field(False, description="internal pull-up (sensor pulls low) instead of pull-down")
     debounce_ms: float = Field(5.0, ge=0, description="edges closer than this to the last accepted one are ignored")
 
 
-class EncoderConfig(_Strict):
+class EncoderConfig(Strict):
     pin: int = Field(description="BCM input pin of the encoder's A channel")
     pull_up: bool = Field(False)
     counts_per_mm: float = Field(1.0, gt=0, description="to report the belt speed in mm/s")
     window: int = Field(32, ge=2, description="edges used for the speed estimate")
 
 
-class StackLightConfig(_Strict):
+class StackLightConfig(Strict):
     green: int | None = Field(None, description="BCM pin: running")
     amber: int | None = Field(None, description="BCM pin: warning")
     red: int | None = Field(None, description="BCM pin: fault")
     horn: int | None = Field(None, description="BCM pin: sounds with red")
 
 
-class GPIOConfig(_Strict):
+class GPIOConfig(Strict):
     backend: Literal["sim", "rpi"] = Field("sim", description="sim (records every edge) or rpi (RPi.GPIO API)")
     gate: GateConfig = Field(default_factory=GateConfig)
     part_sensor: InputConfig | None = Field(None, description="part-present input, for triggered capture")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from edge.errors import QCError
+from firmware_io.errors import FirmwareIOError
 from firmware_io.gpio.base import EdgeCallback, RealClock
 
 
@@ -19,7 +19,7 @@ class RPiGPIO:
         try:
             import RPi.GPIO as GPIO  # noqa: N814
         except (ImportError, RuntimeError) as exc:
-            raise QCError("the rpi GPIO backend needs the RPi.GPIO API: pip install 'qc-inspect[pi]' "
+            raise FirmwareIOError("the rpi GPIO backend needs the RPi.GPIO API: pip install 'qc-inspect[pi]' "
                           "(RPi.GPIO on a Pi up to 4, rpi-lgpio on a Pi 5, Jetson.GPIO on a Jetson)") from exc
         self.gpio = GPIO
         self.clock = clock or RealClock()

@@ -7,13 +7,17 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from firmware_io.settings import Strict
+
+DEFAULT_PORT, TLS_PORT = 1883, 8883
+DEFAULT_URL = f"mqtt://127.0.0.1:{DEFAULT_PORT}"
 
 
-class MQTTConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MQTTConfig(Strict):
     enabled: bool = Field(True, description="publish telemetry at all")
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://[user@]host:port or mqtts://... for TLS")
+    url: str = Field(DEFAULT_URL, description="mqtt://[user@]host:port or mqtts://... for TLS")
     password_env: str = Field("QC_MQTT_PASSWORD", description="environment variable holding the password")
     client_id: str | None = Field(None, description="unique per station; default qc-<line>-<station>")
     prefix: str | None = Field(None, description="topic prefix; default qc/<line>/<station>")
@@ -23,7 +27,6 @@ class MQTTConfig(BaseModel):
     keepalive_s: int = Field(30, ge=5)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
-    stats_interval_s: float = Field(10.0, gt=0, description="how often retained stats are published")
     spool_path: Path = Field(Path("spool.sqlite"), description="on-disk spool (SQLite, WAL)")
     spool_sync: Literal["full", "normal"] = Field(
         "full", description="full: every event is on disk (fsync) before it is accepted, safe against power "
@@ -51,7 +54,7 @@ class MQTTConfig(BaseModel):
     @property
     def port(self) -> int:
         parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return parts.port or (TLS_PORT if parts.scheme == "mqtts" else DEFAULT_PORT)
 
     @property
     def tls(self) -> bool:

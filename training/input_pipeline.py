@@ -6,21 +6,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
-from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AugmentConfig", "augmenters", "cam_targets", "make_dataset"]
+from training.config import AugmentConfig
 
-
-class AugmentConfig(BaseModel):
-    """Random augmentation applied to training batches only; 0 turns one off."""
-
-    model_config = ConfigDict(extra="forbid")
-    rotation: float = Field(0.05, ge=0, le=0.5, description="max rotation as a fraction of a full turn")
-    translation: float = Field(0.2, ge=0, le=0.5, description="max shift as a fraction of the size")
-    flip: bool = Field(True, description="random horizontal and vertical flips")
-    zoom: float = Field(0.1, ge=0, le=0.5, description="max zoom in or out as a fraction")
-    brightness: float = Field(0.1, ge=0, le=1, description="max brightness change as a fraction of 255")
-    contrast: float = Field(0.1, ge=0, le=1, description="max contrast change as a fraction")
+__all__ = ["augmenters", "cam_targets", "make_dataset"]
 
 
 def augmenters(cfg: AugmentConfig, seed: int):
@@ -44,20 +33,20 @@ def augmenters(cfg: AugmentConfig, seed: int):
             keras.Sequential(photo, name="photometric") if photo else None)
 
 
-def cam_targets(masks: tf.Tensor, labels: tf.Tensor, has_mask: tf.Tensor, grid: int) -> tf.Tensor:
+def cam_targets(masks: tf.Tensor, labels: tf.Tensor, has_mask: tf.Tensor, grid: int, good_index: int) -> tf.Tensor:
     """Per-cell class targets for the activation map: the image's class where its mask covers a cell,
-    `good` (0) elsewhere; -1 (ignored) everywhere on defect images that have no mask."""
+    `good` elsewhere; -1 (ignored) everywhere on defect images that have no mask."""
     size = masks.shape[1]
     cells = tf.nn.max_pool2d(masks, ksize=size // grid, strides=size // grid, padding="VALID")[..., 0]
-    target = tf.where(cells > 0.25, tf.cast(labels, tf.int32)[:, None, None], 0)
-    unknown = tf.logical_and(tf.logical_not(has_mask), labels != 0)[:, None, None]
+    target = tf.where(cells > 0.25, tf.cast(labels, tf.int32)[:, None, None], good_index)
+    unknown = tf.logical_and(tf.logical_not(has_mask), labels != good_index)[:, None, None]
     return tf.where(unknown, -1, target)
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, training: bool, seed: int = 0,
                  augment: AugmentConfig | None = None, masks: np.ndarray | None = None,
                  has_mask: np.ndarray | None = None, grid: int | None = None,
-                 class_weights: dict[int, float] | None = None) -> tf.data.Dataset:
+                 class_weights: dict[int, float] | None = None, *, good_index: int) -> tf.data.Dataset:
     """Images (uint8) and labels -> float32 batches; shuffled and augmented only when training.
 
     With `grid`, the targets are {"probs": label, "cam": per-cell labels from the masks} for
@@ -79,7 +68,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, training: bool, seed:
             xb, mb = both[..., :3], both[..., 3:] / 255.0
         if photo is not None:
             xb = tf.clip_by_value(photo(xb, training=True), 0, 255)
-        targets = yb if grid is None else {"probs": yb, "cam": cam_targets(mb, yb, hb, grid)}
+        targets = yb if grid is None else {"probs": yb, "cam": cam_targets(mb, yb, hb, grid, good_index)}
         if weights is None:
             return xb, targets
         w = tf.gather(weights, yb)

@@ -3,7 +3,6 @@ defect Pareto by class, reject reasons, latency over time, per station."""
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import sqlite3
@@ -15,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edge.errors import QCError  # noqa: E402
+from firmware_io.errors import FirmwareIOError  # noqa: E402
+from firmware_io.pages import page, png_data_uri  # noqa: E402
 
 __all__ = ["report"]
 
@@ -25,7 +25,7 @@ def _png(fig) -> str:
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_uri(buf.getvalue())
 
 
 def _rows(db, sql, args=()):
@@ -34,14 +34,14 @@ def _rows(db, sql, args=()):
 
 def report(db_path: Path, out: Path, bucket_s: float | None = None) -> dict:
     if not Path(db_path).is_file():
-        raise QCError(f"{db_path}: no telemetry database (run `qc collect` first)")
+        raise FirmwareIOError(f"{db_path}: no telemetry database (run `qc collect` first)")
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         rows = _rows(db, "SELECT station, ts, label, decision, reason, latency_ms FROM inspections ORDER BY ts")
     except sqlite3.OperationalError as exc:
-        raise QCError(f"{db_path}: not a qc telemetry database ({exc})") from exc
+        raise FirmwareIOError(f"{db_path}: not a qc telemetry database ({exc})") from exc
     if not rows:
-        raise QCError(f"{db_path}: no inspections recorded yet")
+        raise FirmwareIOError(f"{db_path}: no inspections recorded yet")
     stations = sorted({r[0] for r in rows})
     ts = np.array([r[1] for r in rows], float)
     t0 = ts.min()
@@ -105,11 +105,8 @@ def report(db_path: Path, out: Path, bucket_s: float | None = None) -> dict:
                    for k, uri in figures.items())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>Line telemetry</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:4px 10px}}figure{{display:inline-block;margin:8px}}</style></head><body>
-<h1>Line telemetry</h1><p>{len(rows)} parts from {len(stations)} station(s) over {span:.0f} s.</p>
+    out.write_text(page("Line telemetry", f"""<h1>Line telemetry</h1><p>{len(rows)} parts from {len(stations)} station(s) over {span:.0f} s.</p>
 <h2>Per station</h2><table><tr>{head}</tr>{table}</table>
 <h2>Alarms</h2><table><tr><th>kind</th><th>count</th></tr>{alarm_rows}</table>
-<h2>Figures</h2>{imgs}</body></html>""")
+<h2>Figures</h2>{imgs}"""))
     return {"report": str(out), "parts": len(rows), "stations": per_station, "alarms": dict(alarms)}

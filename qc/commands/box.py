@@ -1,0 +1,106 @@
+"""`qc run`, `qc config`, `qc review` and `qc bench`: the camera box."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qc.commands import command
+
+
+def _run_args(p):
+    p.add_argument("--config", type=Path, help="edge YAML (see deploy/edge.example.yaml)")
+    p.add_argument("--bundle", type=Path, help="model bundle folder (overrides the config)")
+    p.add_argument("--source", help="folder, video file, camera index, /dev/videoN or rtsp:// URL")
+    p.add_argument("--rate", type=float, help="folder/video source: parts per second")
+    p.add_argument("--gpio", choices=["sim", "rpi"], help="GPIO backend")
+    p.add_argument("--mqtt", help="broker URL, e.g. mqtt://127.0.0.1 (turns telemetry on)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--max-parts", type=int, help="stop after this many parts")
+    p.add_argument("--events", type=Path, help="also append every inspection event to this JSONL file")
+
+
+def _source_kind(src: str) -> str:
+    if src.isdigit() or src.startswith("/dev/video"):
+        return "camera"
+    if "://" in src:
+        return "stream"
+    return "folder" if Path(src).is_dir() else "video"
+
+
+def edge_config(a):
+    """The config file with the command line's overrides."""
+    from edge.config import load_config
+
+    overrides = {}
+    if a.bundle:
+        overrides["bundle"] = str(a.bundle)
+    if a.source:
+        overrides.update({"source.path": a.source, "source.kind": _source_kind(a.source)})
+    if a.rate:
+        overrides["source.rate_hz"] = a.rate
+    if a.gpio:
+        overrides["gpio.backend"] = a.gpio
+    if a.mqtt:
+        overrides.update({"mqtt.url": a.mqtt, "mqtt.enabled": True})
+    return load_config(a.config, overrides)
+
+
+@command("run", "inspect parts on a camera box: frames -> int8 model -> pass/reject -> gate, MQTT, stats", _run_args)
+def run(a):
+    import signal
+
+    from edge.app import build_runtime
+
+    runtime = build_runtime(edge_config(a), events=a.events)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: runtime.stop_event.set())
+    return runtime.run(duration=a.duration, max_parts=a.max_parts)
+
+
+def _config_args(p):
+    p.add_argument("action", choices=["check"], help="check: validate without running")
+    p.add_argument("file", type=Path, help="edge YAML file")
+
+
+@command("config", "validate an edge config file; a typo or bad value names the key", _config_args)
+def config(a):
+    from edge.config import load_config
+
+    cfg = load_config(a.file)
+    return f"{a.file}: ok (bundle {cfg.bundle}, source {cfg.source.kind} {cfg.source.path!r}, gpio {cfg.gpio.backend})"
+
+
+def _review_args(p):
+    p.add_argument("store", type=Path, help="reject store folder (store.dir of the edge config)")
+    p.add_argument("--into", type=Path, required=True, help="dataset folder to file the frames into")
+    p.add_argument("--label", help="class for every frame")
+    p.add_argument("--labels", type=Path, help='JSON {"<frame id>": "<class>"} for frame-by-frame labels')
+    p.add_argument("--split", default="train", help="split folder to use when the dataset has splits")
+
+
+@command("review", "file stored reject frames into a dataset's class folders, for `qc train --init-from`",
+         _review_args)
+def review(a):
+    from edge.store import review as run_review
+
+    return run_review(a.store, a.into, a.label, a.labels, a.split)
+
+
+def _bench_args(p):
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle to measure")
+    p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
+    p.add_argument("--threads", type=int, help="LiteRT CPU threads per interpreter (default: as qc run)")
+    p.add_argument("--workers", type=int, help="pipeline workers (default: as qc run)")
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="how long each pipeline run is measured, after a 1 s warm-up")
+
+
+@command("bench", "benchmark the edge pipeline on 640x480 frames against its stages and a naive loop (JSON)",
+         _bench_args)
+def bench(a):
+    import sys
+
+    from bench.edge_pipeline import run_benchmark
+    from bench.record import emit
+
+    emit(run_benchmark(a.bundle, a.frames, a.threads, a.seconds, a.workers), "qc " + " ".join(sys.argv[1:]))

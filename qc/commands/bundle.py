@@ -1,0 +1,46 @@
+"""`qc bundle` (verify, show) and `qc package`: what a box is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qc.commands import command
+
+UNIT = Path(__file__).resolve().parents[2] / "deploy" / "qc-inspect.service"
+
+
+def _bundle_args(p):
+    p.add_argument("action", choices=["verify", "show"], help="verify: sha256, version, tensors, one inference")
+    p.add_argument("bundle", type=Path)
+
+
+@command("bundle", "verify a model bundle or show its card", _bundle_args)
+def bundle(a):
+    import numpy as np
+
+    from edge.bundle import load_bundle
+    from edge.classifiers import make_classifier
+
+    b = load_bundle(a.bundle)
+    if a.action == "show":
+        return b.describe()
+    clf = make_classifier(b, "cpu")
+    h, w = b.input_size
+    result = clf.infer(np.full((h, w, 3), 128, np.uint8))
+    return {"bundle": str(a.bundle), "ok": True, "sha256": b.sha256, "labels": b.labels,
+            "gray_frame_scores": [round(float(s), 4) for s in result.scores]}
+
+
+def _package_args(p):
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="edge YAML for the box")
+    p.add_argument("--unit", type=Path, default=UNIT, help="systemd unit (default deploy/qc-inspect.service)")
+    p.add_argument("--out", type=Path, required=True, help="box.tar.gz to write")
+
+
+@command("package", "pack what a box needs (bundle, config, systemd unit) into a tar.gz with SHA256SUMS",
+         _package_args)
+def package(a):
+    from qc.package import package as make_package
+
+    return make_package(a.bundle, a.config, a.unit, a.out)
