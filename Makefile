@@ -19,13 +19,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(TEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m bench.synth
-	$(PY) -m bench.reject_timing --quick
-	$(PY) -m bench.telemetry
-	$(PY) -m bench.export
-	$(VENV)/bin/qc demo --quick --out bench-output/demo > /dev/null
-	$(VENV)/bin/qc bench --bundle bench-output/demo/bundle
-	$(PY) -m bench.train_quality
+	QC_BENCH_SAVE=1 $(PY) -m bench.synth
+	QC_BENCH_SAVE=1 $(PY) -m bench.reject_timing
+	QC_BENCH_SAVE=1 $(PY) -m bench.telemetry
+	QC_BENCH_SAVE=1 $(PY) -m bench.export
+	$(VENV)/bin/qc demo --out bench-output/demo > /dev/null
+	QC_BENCH_SAVE=1 $(VENV)/bin/qc bench --bundle bench-output/demo/bundle
+	QC_BENCH_SAVE=1 $(PY) -m bench.train_quality
+	$(PY) -m bench.docs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,18 +9,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from bench.record import emit  # noqa: E402
 from edge.classifiers.base import import_interpreter  # noqa: E402
 from training import model as models  # noqa: E402
 from training.export import convert  # noqa: E402
@@ -74,13 +72,13 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--qat", type=int, default=2, help="epochs of quantization-aware fine-tuning for the qat figure")
     a = p.parse_args(argv)
-    result = {"benchmark": "export", "threads": a.threads,
+    result = {"module": "bench.export", "benchmark": "export", "threads": a.threads,
               "mobilenet_v2_1.0_224": measure(models.build("mobilenet_v2", 2, 224, 1.0), a.n, a.threads)}
     if a.run:
         from training.export import export
 
         result["run"] = measure(models.load(a.run), a.n, a.threads)
-        variants = {"per-channel": {}, "per-tensor": {"per_channel": False}, "qat": {"qat_epochs": a.qat}}
+        variants = {"per-channel": {}, "per-tensor": {"per_tensor": True}, "qat": {"qat": a.qat}}
         for name, kwargs in variants.items():
             with tempfile.TemporaryDirectory() as tmp:
                 m = export(a.run, Path(tmp) / "b", allow_drop=True, **kwargs)["metrics"]
@@ -103,8 +101,7 @@ def main(argv=None) -> dict:
     result["targets"] = {"size_ratio": 3.5, "int8_vs_float32_tflite": 1.8, "int8_vs_keras_predict": 25,
                          "f1_drop_points_max": 0.5}
     result["meets_targets"] = all(checks)
-    print(json.dumps(result, indent=1))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

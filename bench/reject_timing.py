@@ -7,12 +7,12 @@ from one thread, the way a first attempt would be written.
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 
 import numpy as np
 
+from bench.record import emit
 from firmware_io.gpio import RealClock, RejectGate
 from firmware_io.gpio.config import GateConfig
 from firmware_io.gpio.sim import SimGPIO
@@ -74,14 +74,13 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="5 seconds instead of 60")
     a = p.parse_args(argv)
     seconds = 5.0 if a.quick else a.seconds
-    result = {"benchmark": "reject_timing", "rate_parts_s": a.rate, "seconds": seconds,
+    result = {"module": "bench.reject_timing", "benchmark": "reject_timing", "rate_parts_s": a.rate, "seconds": seconds,
               "parts": int(a.rate * seconds), "gate": run_gate(a.rate, seconds),
               "baseline_naive_sleep_loop": run_naive(a.rate, seconds),
               "target": {"p99_ms": 2.0, "missed": 0, "duplicates": 0}}
     g = result["gate"]
     result["meets_target"] = g["p99_ms"] <= 2.0 and g["missed"] == 0 and g["duplicates"] == 0
-    print(json.dumps(result, indent=1))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Baseline in the same run: decoding the same PNGs back with OpenCV (the cheapest 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import cv2
 
+from bench.record import emit
 from training.synth import SynthConfig, generate
 
 
@@ -34,13 +34,12 @@ def main(argv=None) -> dict:
         for f in files:
             cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
         decode_s = time.perf_counter() - t0
-    result = {"benchmark": "synth", "count": a.count, "size": a.size, "cores": 1,
+    result = {"module": "bench.synth", "benchmark": "synth", "count": a.count, "size": a.size, "cores": 1,
               "images_per_s": round(a.count / gen_s, 1),
               "baseline_png_decode_per_s": round(len(files) / decode_s, 1),
               "target_images_per_s": 300}
     result["meets_target"] = result["images_per_s"] >= 300
-    print(json.dumps(result, indent=1))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

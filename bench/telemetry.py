@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -16,10 +15,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.record import emit  # noqa: E402
+from firmware_io.mqtt.broker import LocalBroker as Broker  # noqa: E402
 from firmware_io.mqtt.client import MQTTTelemetry  # noqa: E402
 from firmware_io.mqtt.config import MQTTConfig  # noqa: E402
-from tests.brokers import Broker  # noqa: E402
 
 
 def _event(i: int) -> dict:
@@ -101,15 +100,14 @@ def main(argv=None) -> dict:
             outage = run_outage(broker, tmp, min(1000, a.events))
         finally:
             broker.stop()
-    result = {"benchmark": "telemetry", "broker": broker.kind, "events": a.events,
+    result = {"module": "bench.telemetry", "benchmark": "telemetry", "broker": broker.kind, "events": a.events,
               "spooled_events_per_s": round(spooled, 1), "baseline_paho_direct_events_per_s": round(direct, 1),
               "spool_cost": round(1 - spooled / direct, 3),
               "spooled_sync_normal_events_per_s": round(spooled_normal, 1),
               "spool_cost_sync_normal": round(1 - spooled_normal / direct, 3), "outage": outage,
               "target": {"spool_cost_max": 0.30, "spooled_events_per_s_min": 1000}}
     result["meets_target"] = result["spool_cost"] <= 0.30 and spooled >= 1000 and outage["lost"] == 0
-    print(json.dumps(result, indent=1))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -20,12 +19,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.record import emit  # noqa: E402
+from training.config import SMALL_DATASET_RECIPE as TILE_RECIPE  # noqa: E402
+from training.config import TARGET_RECALL, TrainConfig  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.synth import SynthConfig, generate  # noqa: E402
-from training.train import SMALL_DATASET_RECIPE as TILE_RECIPE  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from training.train import train  # noqa: E402
 
 TILES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
 
@@ -35,7 +35,7 @@ def one(data: Path, out: Path, **overrides) -> dict:
         t0 = time.monotonic()
         rec = train(TrainConfig(data=data, out=out, **overrides))
         wall = time.monotonic() - t0
-        m = evaluate(out, data, target_recall=0.99)
+        m = evaluate(out, data, target_recall=TARGET_RECALL)
     t = m["threshold"]
     return {"train_wall_s": round(wall, 1), "epochs": rec["epochs_run"], "accuracy": round(m["accuracy"], 4),
             "macro_f1": round(m["macro_f1"], 4), "binary_f1": round(m["binary_argmax"]["f1"], 4),
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
     a = p.parse_args(argv)
     d = TrainConfig(data=".", out=".")
-    result = {"benchmark": "train_quality",
+    result = {"module": "bench.train_quality", "benchmark": "train_quality",
               "recipe": {"defaults of": "qc train", "arch": d.arch, "alpha": d.alpha, "input_size": d.input_size,
                          "epochs": d.epochs, "lr_schedule": d.lr_schedule, "translation": d.augment.translation,
                          "weights": d.weights},
@@ -73,8 +73,7 @@ def main(argv=None) -> dict:
                                and s["test_false_reject_rate_at_threshold"] <= 0.03
                                and (s["pointing_game"] or 0) >= 0.8 and s["train_wall_s"] <= 600
                                and result.get("magnetic_tile", {"accuracy": 1.0})["accuracy"] >= 0.95)
-    print(json.dumps(result, indent=1))
-    return result
+    return emit(result)
 
 
 if __name__ == "__main__":
