@@ -51,3 +51,41 @@ def test_each_layer_has_its_own_error_type():
     for error in (EdgeError, FirmwareIOError, TrainingError):
         assert issubclass(error, QCError) and error is not QCError
     assert len({EdgeError, FirmwareIOError, TrainingError}) == 3
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module-level imports between the project's own modules (lazy imports inside functions excluded)."""
+    names = {}
+    for package in ("firmware_io", "edge", "training", "qc", "bench"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in names.items():
+        targets = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names else node.module
+                            for a in node.names}
+        graph[name] = {t for t in targets if t in names and t != name}
+    return graph
+
+
+def test_no_module_imports_itself_back_in_a_circle():
+    graph, state, cycles = _module_graph(), {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert len(graph) > 50 and not cycles, "\n".join(cycles)

@@ -1,41 +1,10 @@
-"""The subcommands of `qc`, one module per subject; each registers its commands with `command`.
+"""The subcommands of `qc`, one module per subject, each registering its commands in `qc.registry`.
 
 A command imports what it needs when it runs, so the box (no TensorFlow) runs `qc run` and friends and
 `qc --help` answers at once."""
 
-from __future__ import annotations
+# registered in the order of the work, which `qc --help` follows
+from qc.commands import data, train, bundle, box, plant  # noqa: F401, I001
+from qc.registry import SPECS, USER_ERRORS  # noqa: I001
 
-import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from firmware_io.errors import QCError
-
-__all__ = ["SPECS", "USER_ERRORS", "Spec", "command"]
-
-USER_ERRORS = (QCError, FileExistsError, FileNotFoundError, NotADirectoryError)
-SPECS: list[Spec] = []
-
-
-@dataclass
-class Spec:
-    name: str
-    help: str
-    add_args: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], object]
-    needs_tf: bool = False
-
-
-def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-            needs_tf: bool = False):
-    """Register `run` under `name`; `args` adds its arguments to the subcommand's parser."""
-
-    def wrap(run):
-        SPECS.append(Spec(name, help, args, run, needs_tf))
-        return run
-
-    return wrap
-
-
-# registered in the order `qc --help` lists them
-from qc.commands import data, train, bundle, box, plant  # noqa: E402, F401, I001
+__all__ = ["SPECS", "USER_ERRORS"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qc.commands import command
+from qc.registry import command
 
 
 def _run_args(p):

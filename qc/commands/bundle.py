@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qc.commands import command
+from qc.registry import command
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "qc-inspect.service"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qc.commands import command
 from qc.flags import add_model_flags, given
+from qc.registry import command
 
 
 def _synth_args(p):

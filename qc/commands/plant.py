@@ -6,7 +6,7 @@ from pathlib import Path
 
 from firmware_io.errors import FirmwareIOError
 from firmware_io.mqtt.config import DEFAULT_PORT, DEFAULT_URL
-from qc.commands import command
+from qc.registry import command
 
 
 def _broker_args(p):

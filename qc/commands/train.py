@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qc.commands import command
 from qc.flags import add_model_flags, given
+from qc.registry import command
 from training.config import TARGET_RECALL, AugmentConfig, ExportConfig, TrainConfig
 from training.errors import TrainingError
 
