@@ -1,6 +1,7 @@
 """Write docs/benchmarks.md from the saved results in bench/results/*.json (`make bench` saves them):
-one row per benchmark with its figures, the baseline measured in the same run, the target, and the
-command, machine, date and commit that produced it. Nothing here is typed by hand.
+one table per benchmark with its figures, the baseline measured in the same run, the target, and the
+command, machine, date and commit that produced it. No figure is typed by hand; bench/results/<name>.md,
+where present, says in prose what limits a target that is not met.
 
     python -m bench.docs            # rewrite docs/benchmarks.md
 """
@@ -104,8 +105,9 @@ def render(results: list[dict]) -> str:
                   f"| target | {target}: **{'met' if met else 'not met'}** |",
                   f"| command | `{rec['command']}` |", f"| machine | {rec['machine']} |",
                   f"| date, commit | {rec['date']}, {rec['commit']} |", ""]
-        if r.get("notes"):
-            lines += [r["notes"], ""]
+        note = Path(RESULTS) / f"{r['benchmark']}.md"  # what the figures mean, where a target is not met
+        if note.exists():
+            lines += [note.read_text().strip(), ""]
     return "\n".join(lines)
 
 

@@ -64,7 +64,8 @@ class OutputTensor(Tensor):
 
 
 class CamTensor(Tensor):
-    kind: str = Field("softmax-per-location", description="what each map cell holds")
+    kind: Literal["softmax-per-location", "logits-per-location"] = Field(
+        "softmax-per-location", description="what each map cell holds (logits: the edge applies the softmax)")
     good_index: int = Field(0, ge=0, description="the good class's channel")
 
 

@@ -128,9 +128,13 @@ def test_max_drop_refuses_and_leaves_nothing(tiny_run, tmp_path):
 
 
 def test_float32_export_and_edgetpu_advice(tiny_run, tmp_path):
-    res = export(tiny_run, tmp_path / "f", mode="float32", allow_drop=True, edgetpu=True)
+    with pytest.raises(QCError, match="Edge TPU would not run this model whole.*float output"):
+        export(tiny_run, tmp_path / "refused", mode="float32", allow_drop=True, edgetpu=True)
+    assert not (tmp_path / "refused").exists()
+    res = export(tiny_run, tmp_path / "f", mode="float32", allow_drop=True, edgetpu=True, allow_cpu_ops=True)
     assert load_bundle(tmp_path / "f").meta["input"]["dtype"] == "float32"
     assert any("edgetpu_compiler is not on PATH" in n for n in res["notes"])
+    assert any(n.startswith("stays on the CPU") for n in res["notes"])
     assert res["metrics"]["max_score_diff"] < 1e-4  # float32 LiteRT equals Keras
 
 
@@ -302,3 +306,72 @@ def test_a_card_that_breaks_the_schema_names_the_field(bundle_dir, tmp_path):
         write_card(b, card | change)
         with pytest.raises(BundleError, match=named):
             load_bundle(b)
+
+
+def _ops(model: bytes) -> list[str]:
+    from training.edgetpu import _interpreter
+
+    return [op["op_name"] for op in _interpreter(model)._get_ops_details()]
+
+
+def test_the_exported_graph_is_static_and_its_map_a_convolution(bundle_dir):
+    """Batch fixed at 1, no tensor of dynamic size, the map from a 1x1 convolution: no SHAPE, GATHER,
+    REDUCE_PROD, PACK or run-time RESHAPE (what a Dense head on a 4-D tensor becomes)."""
+    from edge.classifiers.base import import_interpreter
+
+    b = load_bundle(bundle_dir)
+    model = b.model_path.read_bytes()
+    it = import_interpreter()[0](model_content=model)
+    for d in [*it.get_input_details(), *it.get_output_details()]:
+        assert -1 not in list(d["shape_signature"]) and d["shape"][0] == 1
+    assert not {"SHAPE", "GATHER", "REDUCE_PROD", "PACK"} & set(_ops(model))
+    assert b.card.cam.kind == "logits-per-location" and b.card.output.kind == "logits"
+    r = make_classifier(b).infer(np.zeros((*b.input_size, 3), np.uint8))
+    np.testing.assert_allclose(r.cam.sum(-1), 1.0, atol=1e-5)  # the box applies the softmax per cell
+
+
+def test_edgetpu_check_passes_a_minimalistic_model_and_names_hard_swish(tmp_path):
+    from training import edgetpu
+    from training.export import convert
+
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    minimal = models.with_cam(models.build("mobilenet_v3_small_minimalistic", 3, 32, 0.35), logits=True)
+    problems = edgetpu.check(convert(minimal, "int8", x))
+    assert problems == [], problems
+    default = models.with_cam(models.build("mobilenet_v3_small", 3, 32, 0.35), logits=True)
+    named = {p.op for p in edgetpu.check(convert(default, "int8", x))}
+    assert "HARD_SWISH" in named
+    text = str(next(p for p in edgetpu.check(convert(default, "int8", x)) if p.op == "HARD_SWISH"))
+    assert text.startswith("operator ") and "not in the Edge TPU's operator table" in text
+
+
+def test_edgetpu_export_refuses_with_the_operators_named(tiny_run, tmp_path):
+    with pytest.raises(QCError, match=r"operator \d+ HARD_SWISH: not in the Edge TPU's operator table"):
+        export(tiny_run, tmp_path / "e", representative=8, allow_drop=True, edgetpu=True)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "e.partial").exists()
+
+
+def test_the_convolution_map_is_the_dense_head_at_every_location(tiny_run):
+    from edge.classifiers.base import softmax
+
+    net = models.load(tiny_run)
+    x = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    logits, cam_logits = models.with_cam(net, logits=True).predict(x, verbose=0)
+    probs, cam = models.with_cam(net).predict(x, verbose=0)
+    np.testing.assert_allclose(softmax(cam_logits), cam, atol=1e-5)
+    np.testing.assert_allclose(softmax(logits), probs, atol=1e-5)
+
+
+def test_verify_uses_the_configured_backend_and_names_libedgetpu(bundle_dir, tmp_path, capsys):
+    b = tmp_path / "tpu"
+    shutil.copytree(bundle_dir, b)
+    (b / "model.tflite").rename(b / "model_edgetpu.tflite")  # as edgetpu_compiler names its output
+    write_card(b, json.loads((b / "model.json").read_text()) | {"model_file": "model_edgetpu.tflite"})
+    config = tmp_path / "edge.yaml"
+    config.write_text(f"bundle: {b}\nclassifier: {{backend: edgetpu}}\n")
+    assert main(["bundle", "verify", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "libedgetpu" in err and "ai-edge-litert" in err and "Traceback" not in err
+    config.write_text(f"bundle: {bundle_dir}\nclassifier: {{backend: cpu}}\n")
+    assert main(["bundle", "verify", "--config", str(config)]) == 0
+    assert '"backend": "cpu"' in capsys.readouterr().out

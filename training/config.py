@@ -19,11 +19,14 @@ class Backbone(NamedTuple):
     keras_name: str  # the class in keras.applications
     default_alpha: float  # Keras's own width for MobileNetV3 (its ImageNet weights exist for it); V2 at 0.35
     # trains as fast as V3-Small at 1.0
+    minimalistic: bool = False  # MobileNetV3 without hard-swish, squeeze-and-excite and 5x5 kernels: the
+    # variant the Edge TPU runs whole (it has no hard-swish)
 
 
 ARCHITECTURES = {
     "mobilenet_v2": Backbone("MobileNetV2", 0.35),
     "mobilenet_v3_small": Backbone("MobileNetV3Small", 1.0),
+    "mobilenet_v3_small_minimalistic": Backbone("MobileNetV3Small", 1.0, minimalistic=True),
     "mobilenet_v3_large": Backbone("MobileNetV3Large", 1.0),
 }
 Arch = Literal[tuple(ARCHITECTURES)]
@@ -120,5 +123,8 @@ class ExportConfig(Strict):
     data: Path | None = Field(None, description="dataset (default: the one the run was trained on)")
     max_drop: float = Field(0.01, description="largest allowed loss of binary F1 or recall")
     allow_drop: bool = Field(False, description="export even when the quantized model loses more")
-    edgetpu: bool = Field(False, description="check Edge TPU ops and run edgetpu_compiler if present")
+    edgetpu: bool = Field(False, description="refuse a model the Edge TPU would not run whole (its operator "
+                          "table, static shapes) and run edgetpu_compiler when it is on PATH")
+    allow_cpu_ops: bool = Field(False, description="with --edgetpu: export even when some operators would run "
+                                "on the CPU (they are listed in the bundle's notes)")
     force: bool = Field(False, description="replace an existing bundle folder")

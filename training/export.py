@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
@@ -17,24 +18,15 @@ from edge.classifiers import make_classifier
 from edge.classifiers.base import import_interpreter
 from edge.decision import GOOD, defect_scores
 from firmware_io.settings import validated
-from training import data
+from training import data, edgetpu
 from training import model as models
 from training.config import ExportConfig
 from training.errors import TrainingError
 from training.evaluate import binary_report, choose_threshold, decision_report
 from training.quiet import captured_output
 
-__all__ = ["EDGETPU_OPS", "convert", "export", "representative_indices"]
+__all__ = ["convert", "export", "representative_indices"]
 
-# Ops the Edge TPU compiler maps to the TPU (coral.ai/docs/edgetpu/models-intro, "Supported operations").
-EDGETPU_OPS = {
-    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "EXP",
-    "FULLY_CONNECTED", "GATHER", "HARD_SWISH", "L2_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM",
-    "MEAN", "MINIMUM", "MUL", "PACK", "PAD", "PRELU", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU",
-    "RELU6", "RELU_N1_TO_1", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE",
-    "SOFTMAX", "SPACE_TO_DEPTH", "SPLIT", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SQUARED_DIFFERENCE",
-    "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
-}
 EDGETPU_SRAM_BYTES = 8 * 1024 * 1024
 
 
@@ -55,7 +47,7 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
     """`per_channel=False` quantizes each weight tensor with one scale instead of one per output channel:
     the file loses the per-channel scales and zero points (about 0.4 MB on MobileNetV2 1.0), at some risk
     to accuracy, which the export's float-vs-int8 check measures."""
-    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    conv = tf.lite.TFLiteConverter.from_keras_model(_batch_of_one(keras_model))
     if mode == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -76,21 +68,29 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
         return conv.convert()
 
 
+def _batch_of_one(model):
+    """The same model behind an input whose batch is fixed at 1, so every tensor of the converted graph has a
+    static shape (the Edge TPU compiler refuses dynamic ones). Works for Keras 3 and, after --qat, tf-keras."""
+    if model.input.shape[0] == 1:
+        return model
+    k = keras
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as k
+    inp = k.Input(tuple(model.input.shape[1:]), batch_size=1, name="image")
+    return k.Model(inp, model(inp, training=False), name=model.name)
+
+
 def _tensor_meta(detail: dict, **extra) -> dict:
     return {"name": detail["name"], **tensor_spec(detail), **extra}
 
 
-def _ops(model: bytes) -> list[str]:
-    interpreter_cls, _ = import_interpreter()
-    it = interpreter_cls(model_content=model)
-    return [op["op_name"] for op in it._get_ops_details()]
-
-
-def _edgetpu_check(model: bytes) -> list[str]:
-    notes = []
-    bad = sorted(set(_ops(model)) - EDGETPU_OPS)
-    if bad:
-        notes.append(f"ops the Edge TPU cannot run (they fall back to the CPU): {bad}")
+def _edgetpu_check(model: bytes, allow_cpu_ops: bool) -> list[str]:
+    """Refuse a model the Edge TPU would not run whole (unless allowed: then say what stays on the CPU)."""
+    problems = edgetpu.check(model)
+    if problems and not allow_cpu_ops:
+        raise TrainingError(f"the Edge TPU would not run this model whole ({len(problems)} problem(s)): "
+                            + "; ".join(map(str, problems[:12])) + "; pass --allow-cpu-ops to export it anyway")
+    notes = [f"stays on the CPU: {p}" for p in problems]
     if len(model) > EDGETPU_SRAM_BYTES:
         notes.append(f"the model is {len(model) / 2**20:.1f} MiB, over the Edge TPU's 8 MiB on-chip memory: "
                      "parameters will stream from the host and inference will be slower")
@@ -100,9 +100,9 @@ def _edgetpu_check(model: bytes) -> list[str]:
 def _run_edgetpu_compiler(staging: Path) -> str:
     exe = shutil.which("edgetpu_compiler")
     if exe is None:
-        return ("edgetpu_compiler is not on PATH: install it on an x86-64 Debian/Ubuntu machine from Coral's apt "
-                "repository (package edgetpu-compiler), then run `edgetpu_compiler -o BUNDLE BUNDLE/model.tflite` "
-                "and set model_file to model_edgetpu.tflite, or re-run `qc export --edgetpu`")
+        return ("edgetpu_compiler is not on PATH: the model passed the Edge TPU operator check but is not "
+                "compiled; the compiler comes from Coral's apt repository (package edgetpu-compiler, x86-64 only): "
+                "run `qc export --edgetpu` again on a machine that has it")
     proc = subprocess.run([exe, "-s", "-o", str(staging), str(staging / "model.tflite")],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -148,6 +148,7 @@ def export(run: Path, out: Path, **settings) -> dict:
             balanced_class_weights(y_train, len(ds.classes)) if cfg.get("class_weights", True) else None,
             cfg.get("label_smoothing", 0.0), seed=cfg["seed"])  # runs from before label smoothing: none
     model = convert(cam_model, mode, rep, io_dtype, per_channel)
+    edgetpu_notes = _edgetpu_check(model, cfg_x.allow_cpu_ops) if cfg_x.edgetpu else []  # refused before any work
     threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
                   evaluation["threshold"]["target_recall"], "method": "highest threshold reaching the target defect recall"}
                  if evaluation else {"value": 0.5, "method": "default: run `qc evaluate` to choose one"})
@@ -162,7 +163,7 @@ def export(run: Path, out: Path, **settings) -> dict:
         "input": _tensor_meta(it.get_input_details()[0], color="rgb", resize="area",
                               range="raw 0..255 pixels; normalization is inside the model"),
         "output": _tensor_meta(logits_d, kind="logits"),
-        "cam": _tensor_meta(cam_d, kind="softmax-per-location", good_index=good),
+        "cam": _tensor_meta(cam_d, kind="logits-per-location", good_index=good),
         "threshold": threshold,
         "quantization": {"mode": mode, "representative_images": len(rep),
                          "method": f"quantization-aware fine-tuning, {qat_epochs} epoch{'s' * (qat_epochs > 1)}" if qat_epochs
@@ -200,7 +201,7 @@ def export(run: Path, out: Path, **settings) -> dict:
                        "max_score_diff": float(np.abs(float_scores - lite_scores).max())}
     notes = []
     if cfg_x.edgetpu:
-        notes += _edgetpu_check(model)
+        notes += edgetpu_notes
         notes.append(_run_edgetpu_compiler(staging))
     meta["notes"] = notes
     compiled = staging / "model_edgetpu.tflite"

@@ -57,6 +57,8 @@ def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: s
                   weights=_weights_arg(weights))
     if arch != "mobilenet_v2":
         kwargs["include_preprocessing"] = True  # V3 rescales 0..255 itself
+    if ARCHITECTURES[arch].minimalistic:
+        kwargs["minimalistic"] = True
     try:
         base = getattr(keras.applications, ARCHITECTURES[arch].keras_name)(**kwargs)
     except ValueError as exc:  # e.g. no imagenet weights for this alpha / size
@@ -89,9 +91,12 @@ def with_cam(model: keras.Model, for_training: bool = False, pretrained: bool = 
              logits: bool = False) -> keras.Model:
     """The same weights with a second output: per-location class probabilities (a class activation map).
 
-    `logits` makes the first output the head's logits instead of probabilities: quantized, a softmax
-    output moves in steps of 1/256, coarser than a reject threshold chosen for 99 % recall can be, while
-    quantized logits keep a small defect score's relative precision (the edge applies the softmax).
+    `logits` makes both outputs logits, as the box runs them: quantized, a softmax output
+    moves in steps of 1/256, coarser than a reject threshold chosen for 99 % recall can be, while quantized
+    logits keep a small defect score's relative precision; the edge applies the softmax to both. The map's
+    head is then a 1x1 convolution carrying the classifier head's weights: the same arithmetic as the Dense
+    head over every location, in operators the Edge TPU maps (a Dense layer on a 4-D tensor becomes a
+    reshape whose shape is computed at run time).
 
     The head is linear: with average pooling the mean of the map's logits is exactly the classifier's
     logits; with max pooling the map shows where each feature's strongest response lies. `for_training`
@@ -107,7 +112,13 @@ def with_cam(model: keras.Model, for_training: bool = False, pretrained: bool = 
     pooled = model.get_layer("pool")(features)
     if for_training:
         pooled = model.get_layer("dropout")(pooled)
-    probs = head(pooled) if logits else layers.Softmax(name="probs")(head(pooled))
+    if logits:
+        kernel, bias = head.get_weights()
+        cam_head = layers.Conv2D(head.units, 1, name="cam_head")
+        cam = cam_head(features)
+        cam_head.set_weights([kernel[None, None], bias])
+        return keras.Model(inp, [head(pooled), cam], name=model.name + "_edge")
+    probs = layers.Softmax(name="probs")(head(pooled))
     cam = layers.Softmax(name="cam")(head(features))
     return keras.Model(inp, {"probs": probs, "cam": cam} if for_training else [probs, cam],
                        name=model.name + "_cam")

@@ -50,7 +50,7 @@ def _weighted_layers(layers) -> list:
 
 def _twin(net, arch: str, alpha: float, tf_keras):
     """The Keras 3 classifier rebuilt in tf-keras, flat (tfmot refuses nested models), with its weights,
-    and with the CAM output of `models.with_cam(net, logits=True)`: outputs [logits, per-location softmax]."""
+    and with the outputs of `models.with_cam(net, logits=True)`: [logits, per-location logits]."""
     k = tf_keras
 
     class Standardize(k.layers.Layer):
@@ -74,7 +74,7 @@ def _twin(net, arch: str, alpha: float, tf_keras):
     units = net.get_layer("head").units
     # the map gets its own copy of the head: one layer called twice would share one output range between
     # the pooled logits and the much wider per-location ones, and coarsen the logits the decision rests on
-    cam = k.layers.Softmax(name="cam")(k.layers.Dense(units, name="cam_head")(base.output))
+    cam = k.layers.Conv2D(units, 1, name="cam_head")(base.output)  # a 1x1 convolution, as in with_cam
     twin = k.Model(inp, [k.layers.Dense(units, name="head")(pooled), cam], name=net.name + "_qat")
 
     source = _weighted_layers([sub for layer in net.layers
@@ -85,8 +85,14 @@ def _twin(net, arch: str, alpha: float, tf_keras):
         raise TrainingError(f"cannot rebuild {net.name} in tf-keras for quantization-aware training: its layers differ")
     for src, dst in zip(source, target):
         dst.set_weights([np.asarray(w) for w in src.weights])
-    twin.get_layer("cam_head").set_weights(twin.get_layer("head").get_weights())
+    _copy_head(twin.get_layer("head"), twin.get_layer("cam_head"))
     return twin, Standardize
+
+
+def _copy_head(head, cam_head) -> None:
+    """The map's 1x1 convolution takes the Dense head's weights."""
+    kernel, bias = head.get_weights()
+    cam_head.set_weights([kernel[None, None], bias])
 
 
 def quantization_aware(net, arch: str, alpha: float, train: tuple[np.ndarray, np.ndarray],
@@ -137,6 +143,15 @@ def quantization_aware(net, arch: str, alpha: float, train: tuple[np.ndarray, np
                           class_weight=class_weight, shuffle=True, verbose=2)
     finally:
         tf_log.setLevel(level)
-    head, cam_head = (quantized.get_layer(name).layer for name in ("quant_head", "quant_cam_head"))
-    cam_head.set_weights(head.get_weights())  # the map follows the fine-tuned head
+    # the map follows the fine-tuned head; a quantize wrapper holds the kernel itself (the layer inside keeps
+    # only the bias), so both are copied through the wrapper's variables
+    head, cam_head = ({w.name.split("/")[-1].split(":")[0]: w for w in quantized.get_layer(name).weights}
+                      for name in ("quant_head", "quant_cam_head"))
+    kernel = head["kernel"].numpy()[None, None]
+    cam_head["kernel"].assign(kernel)
+    cam_head["bias"].assign(head["bias"])
+    for name, reduce in (("kernel_min", np.min), ("kernel_max", np.max)):  # its fake-quantization ranges too
+        per_channel = reduce(kernel, axis=(0, 1, 2))
+        target = cam_head[name]
+        target.assign(np.broadcast_to(per_channel if target.shape.rank else reduce(kernel), target.shape))
     return quantized

@@ -55,6 +55,7 @@ class Classifier:
         self._cam = by_name[bundle.card.cam.name] if bundle.card.cam else None
         self.input_dtype = np.dtype(self._in["dtype"])
         self._logits = bundle.output_kind == "logits"
+        self._cam_logits = bool(bundle.card.cam) and bundle.card.cam.kind == "logits-per-location"
 
     def _make_interpreter(self, num_threads: int):
         raise NotImplementedError
@@ -73,4 +74,6 @@ class Classifier:
         cam = None
         if self._cam is not None:
             cam = dequantize(self.interpreter.get_tensor(self._cam["index"])[0], *self._cam["quantization"])
+            if self._cam_logits:
+                cam = softmax(cam)
         return Result(scores, cam)

@@ -10,6 +10,17 @@ from edge.errors import EdgeError
 LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
+def _litert_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "LiteRT of unknown version"
+
+
 class EdgeTPUClassifier(Classifier):
     name = "edgetpu"
 
@@ -17,13 +28,14 @@ class EdgeTPUClassifier(Classifier):
         interpreter_cls, load_delegate = import_interpreter()
         if not self.bundle.card.model_file.endswith("_edgetpu.tflite"):
             raise EdgeError(f"{self.bundle.path}: the Edge TPU needs a model compiled by edgetpu_compiler "
-                          "(model_edgetpu.tflite); export with `qc export --edgetpu`")
+                            "(model_edgetpu.tflite); export with `qc export --edgetpu`")
         lib = LIBRARY.get(platform.system(), "libedgetpu.so.1")
         try:
             delegate = load_delegate(lib)
         except (ValueError, OSError) as exc:
-            raise EdgeError(f"cannot load the Edge TPU delegate {lib} ({exc}); install the Edge TPU runtime "
-                          "(Debian package libedgetpu1-std from Coral's apt repository) and plug in the "
-                          "accelerator") from exc
+            raise EdgeError(f"cannot load the Edge TPU delegate {lib} ({exc}): install libedgetpu (Coral's apt "
+                            f"repository: libedgetpu1-std) built for this LiteRT ({_litert_version()}; stock "
+                            "libedgetpu builds are known to crash with TF Lite newer than 2.11) and plug in the "
+                            "accelerator") from exc
         return interpreter_cls(model_path=str(self.bundle.model_path), experimental_delegates=[delegate],
                                num_threads=num_threads)

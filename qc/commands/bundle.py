@@ -10,8 +10,10 @@ UNIT = Path(__file__).resolve().parents[2] / "deploy" / "qc-inspect.service"
 
 
 def _bundle_args(p):
-    p.add_argument("action", choices=["verify", "show"], help="verify: sha256, version, tensors, one inference")
-    p.add_argument("bundle", type=Path)
+    p.add_argument("action", choices=["verify", "show"], help="verify: hashes, version, tensors, one inference")
+    p.add_argument("bundle", type=Path, nargs="?", help="bundle folder (default: the one --config names)")
+    p.add_argument("--config", type=Path, help="edge YAML: verify its bundle with the backend it selects, as the "
+                   "service does before it starts")
 
 
 @command("bundle", "verify a model bundle or show its card", _bundle_args)
@@ -20,14 +22,21 @@ def bundle(a):
 
     from edge.bundle import load_bundle
     from edge.classifiers import make_classifier
+    from edge.config import load_config
+    from edge.errors import EdgeError
 
-    b = load_bundle(a.bundle)
+    cfg = load_config(a.config, {"bundle": str(a.bundle)} if a.bundle else None) if a.config else None
+    path = a.bundle or (cfg.bundle if cfg else None)
+    if path is None:
+        raise EdgeError("give a bundle folder, or --config naming one")
+    b = load_bundle(path)
     if a.action == "show":
         return b.describe()
-    clf = make_classifier(b, "cpu")
+    backend = cfg.classifier.backend if cfg else "auto"
+    clf = make_classifier(b, backend, cfg.classifier.num_threads if cfg else 1)
     h, w = b.input_size
     result = clf.infer(np.full((h, w, 3), 128, np.uint8))
-    return {"bundle": str(a.bundle), "ok": True, "sha256": b.sha256, "labels": b.labels,
+    return {"bundle": str(path), "ok": True, "backend": clf.name, "sha256": b.sha256, "labels": b.labels,
             "gray_frame_scores": [round(float(s), 4) for s in result.scores]}
 
 
