@@ -55,7 +55,7 @@ def convert(keras_model, mode: str, rep_x: np.ndarray | None = None, io_dtype: s
         expected = tuple(keras_model.input.shape[1:])
         if rep_x is None or rep_x.ndim != 4 or tuple(rep_x.shape[1:]) != expected:
             raise TrainingError(f"representative images of shape {None if rep_x is None else rep_x.shape[1:]} "
-                          f"do not match the model input {expected}")
+                                f"do not match the model input {expected}")
         # a black and a white frame calibrate the input tensor to the whole 0..255 range: a part brighter than
         # any in training is not clipped, and camera pixels go in as they are (scale 1, zero point 0, no copy)
         rep_x = np.concatenate([rep_x, np.zeros_like(rep_x[:1]), np.full_like(rep_x[:1], 255)])
@@ -124,7 +124,7 @@ def export(run: Path, out: Path, **settings) -> dict:
     run, out = Path(run), Path(out)
     if qat_epochs and (mode != "int8" or not per_channel):
         raise TrainingError("--qat fine-tunes for --int8 with per-channel weights (the ranges it learns); "
-                      f"it does not combine with {'--per-tensor' if mode == 'int8' else '--' + mode}")
+                            f"it does not combine with {'--per-tensor' if mode == 'int8' else '--' + mode}")
     net = models.load(run)
     cfg = json.loads((run / "config.json").read_text())
     if out.exists() and any(out.iterdir()) and not cfg_x.force:
@@ -210,7 +210,7 @@ def export(run: Path, out: Path, **settings) -> dict:
     if max(drop.values()) > max_drop and not cfg_x.allow_drop:
         shutil.rmtree(staging)
         raise TrainingError(f"{mode} model loses too much: F1 {m_float['f1']:.4f} -> {m_lite['f1']:.4f}, defect recall "
-                      f"{m_float['recall']:.4f} -> {m_lite['recall']:.4f} (max drop {max_drop})"
+                            f"{m_float['recall']:.4f} -> {m_lite['recall']:.4f} (max drop {max_drop})"
                       + ("" if qat_epochs else "; --qat 2 fine-tunes the model for int8 and usually recovers it")
                       + "; pass --allow-drop to export anyway")
     if out.exists():

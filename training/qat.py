@@ -35,7 +35,7 @@ def _import_toolkit():
         import tf_keras
     except ImportError as exc:
         raise TrainingError(f"--qat needs tf-keras and tensorflow-model-optimization ({exc}); "
-                      "install them with `pip install -e '.[train]'`") from exc
+                            "install them with `pip install -e '.[train]'`") from exc
     finally:
         if before is None:
             os.environ.pop("TF_USE_LEGACY_KERAS", None)
@@ -113,7 +113,7 @@ def quantization_aware(net, arch: str, alpha: float, train: tuple[np.ndarray, np
     got = twin.predict(probe, verbose=0)[0]
     if not np.allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max())):
         raise TrainingError(f"the tf-keras twin of {net.name} computes different logits (max difference "
-                      f"{np.abs(got - want).max():.3g}); quantization-aware training would start from another model")
+                            f"{np.abs(got - want).max():.3g}); quantization-aware training would start from another model")
     registry = qk.default_8bit.Default8BitQuantizeRegistry()
     # BatchNorm has no recipe of its own: the toolkit folds it into the convolution before it, as the converter does
     def annotate(layer):

@@ -142,7 +142,7 @@ def train(cfg: TrainConfig) -> dict:
         old = json.loads((Path(cfg.init_from) / "config.json").read_text())["classes"]
         if old != ds.classes:
             raise TrainingError(f"--init-from {cfg.init_from} was trained on classes {old}, "
-                          f"but {cfg.data} has classes {ds.classes}")
+                                f"but {cfg.data} has classes {ds.classes}")
         if net.input.shape[1] != cfg.input_size:
             raise TrainingError(f"--init-from model takes {net.input.shape[1]} px, not --input-size {cfg.input_size}")
     else:

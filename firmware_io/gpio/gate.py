@@ -65,7 +65,7 @@ class RejectGate:
             if len(self.queues[lane]) >= self.cfg.max_in_flight:
                 self.counts["overflow"] += 1
                 raise FirmwareIOError(f"reject gate lane {lane} has {self.cfg.max_in_flight} parts in flight "
-                              "(gate.max_in_flight): the line outruns the gate")
+                                      "(gate.max_in_flight): the line outruns the gate")
             # workers may decide parts out of capture order: each keeps its own place on the belt
             bisect.insort(self.queues[lane], at)
             self.counts["scheduled"] += 1

@@ -20,7 +20,7 @@ class RPiGPIO:
             import RPi.GPIO as GPIO  # noqa: N814
         except (ImportError, RuntimeError) as exc:
             raise FirmwareIOError("the rpi GPIO backend needs the RPi.GPIO API: pip install 'qc-inspect[pi]' "
-                          "(RPi.GPIO on a Pi up to 4, rpi-lgpio on a Pi 5, Jetson.GPIO on a Jetson)") from exc
+                                  "(RPi.GPIO on a Pi up to 4, rpi-lgpio on a Pi 5, Jetson.GPIO on a Jetson)") from exc
         self.gpio = GPIO
         self.clock = clock or RealClock()
         GPIO.setwarnings(False)

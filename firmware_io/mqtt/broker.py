@@ -70,7 +70,7 @@ class EmbeddedBroker:
         self._thread.start()
         if not ready.wait(timeout) or failure:
             raise FirmwareIOError(f"embedded broker could not start on {self.host}:{self.port}: "
-                          f"{failure[0] if failure else 'timed out'}")
+                                  f"{failure[0] if failure else 'timed out'}")
         return self
 
     def stop(self) -> None:
