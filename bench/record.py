@@ -30,8 +30,9 @@ def _commit() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results", ":(exclude)docs"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()  # results are not code
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+changes" if dirty else "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +29,7 @@ from firmware_io.errors import ConfigError
 from firmware_io.settings import Strict, validated
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Bundle", "BundleCard", "BundleError", "card_sha256",
-           "check_tensors", "load_bundle", "tensor_spec", "write_bundle"]
+           "check_tensors", "load_bundle", "tensor_spec", "write_bundle", "write_card"]
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -85,6 +86,31 @@ class Threshold(Strict):
         return v
 
 
+def _plain_model_name(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+\.tflite", v) or v.startswith("."):
+        raise ValueError(f"model file {v!r} must be a plain .tflite file name inside the bundle")
+    return v
+
+
+class EdgeTPUTarget(Strict):
+    status: Literal["ready", "compiled"] = Field(description="ready: passed the operator check, not compiled")
+    model_file: str | None = Field(None, description="the compiled model beside the CPU one")
+    sha256: str | None = Field(None, description="sha256 of the compiled model")
+    compiler: str | None = Field(None, description="edgetpu_compiler's version")
+    operations: dict[str, int] = Field(default_factory=dict, description="operations on the Edge TPU and the CPU")
+
+    @field_validator("model_file")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        return v if v is None else _plain_model_name(v)
+
+    @model_validator(mode="after")
+    def _compiled_has_file(self):
+        if self.status == "compiled" and not (self.model_file and self.sha256):
+            raise ValueError("a compiled Edge TPU target needs model_file and sha256")
+        return self
+
+
 class BundleCard(Strict):
     format_version: int = Field(description=f"{FORMAT_VERSION}; this runtime reads {READABLE_VERSIONS}")
     name: str = Field(min_length=1)
@@ -98,6 +124,7 @@ class BundleCard(Strict):
     metrics: dict[str, Any] = Field(description="float and exported figures on the test split")
     training: dict[str, Any] = Field(description="arch, seed, dataset hash, run")
     notes: list[str] = Field(default_factory=list)
+    edgetpu: EdgeTPUTarget | None = Field(None, description="the Edge TPU target, when exported for it")
     model_file: str = Field(description="the model's file name inside the bundle folder")
     sha256: str = Field(description="sha256 of the model file")
     card_sha256: str | None = Field(None, description="sha256 of this card without this field (format 2)")
@@ -114,9 +141,7 @@ class BundleCard(Strict):
     @field_validator("model_file")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+\.tflite", v) or v.startswith("."):
-            raise ValueError(f"model_file {v!r} must be a plain .tflite file name inside the bundle")
-        return v
+        return _plain_model_name(v)
 
     @model_validator(mode="after")
     def _version_fields(self):
@@ -149,6 +174,24 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / self.card.model_file
+
+    def model_for(self, backend: str) -> Path:
+        """The model file a backend runs: the CPU model, or the compiled one for the Edge TPU."""
+        if backend != "edgetpu":
+            return self.model_path
+        target = self.card.edgetpu
+        if target and target.status == "compiled":
+            return self.path / target.model_file
+        if self.card.model_file.endswith("_edgetpu.tflite"):  # format 1: the compiled model was the model
+            return self.model_path
+        state = "is Edge TPU ready, not compiled" if target else "was not exported for the Edge TPU"
+        raise BundleError(f"{self.path} {state}: compile it with `qc bundle compile {self.path}` on an x86-64 "
+                          "machine with edgetpu_compiler" + ("" if target else ", after `qc export --edgetpu`"))
+
+    @property
+    def compiled_for_edgetpu(self) -> bool:
+        return bool(self.card.edgetpu and self.card.edgetpu.status == "compiled") or \
+            self.card.model_file.endswith("_edgetpu.tflite")
 
     @property
     def labels(self) -> list[str]:
@@ -189,6 +232,7 @@ class Bundle:
             f"labels    {c.labels}",
             f"input     {i.shape} {i.dtype} scale {i.scale} zero point {i.zero_point} {i.color} resize {i.resize}",
             f"output    {c.output.kind}",
+            f"edge tpu  {c.edgetpu.status + (' ' + c.edgetpu.model_file if c.edgetpu.model_file else '') if c.edgetpu else 'not exported for it'}",
             f"threshold {c.threshold.value:.4f} ({c.threshold.method})",
             f"quantize  {json.dumps(c.quantization)}",
             f"training  {json.dumps(c.training)}",
@@ -209,17 +253,33 @@ def write_bundle(out: Path, model: bytes, card: dict, force: bool = False,
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
-    card = {"format_version": FORMAT_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **card, "model_file": model_file, "sha256": hashlib.sha256(model).hexdigest(), "card_sha256": ""}
-    try:
-        checked = validated(BundleCard, card, "bundle card").model_dump(mode="json")
-    except ConfigError as exc:
-        raise BundleError(str(exc)) from exc
-    checked["card_sha256"] = card_sha256(checked)
+    checked = _checked({"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **card,
+                        "model_file": model_file, "sha256": hashlib.sha256(model).hexdigest()})
     out.mkdir(parents=True, exist_ok=True)
     (out / model_file).write_bytes(model)
-    (out / "model.json").write_text(json.dumps(checked, indent=1) + "\n")
-    return Bundle(out, BundleCard.model_validate(checked))
+    return _write_card(out, checked)
+
+
+def write_card(path: Path, card: dict) -> Bundle:
+    """Check a card against the schema, hash it, and replace the bundle's model.json with it atomically."""
+    return _write_card(path, _checked(card))
+
+
+def _checked(card: dict) -> dict:
+    """The card as the schema reads it, in the current format, with its card_sha256."""
+    try:
+        checked = validated(BundleCard, card | {"format_version": FORMAT_VERSION, "card_sha256": ""},
+                            "bundle card").model_dump(mode="json")
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from exc
+    return checked | {"card_sha256": card_sha256(checked)}
+
+
+def _write_card(path: Path, checked: dict) -> Bundle:
+    tmp = Path(path) / "model.json.tmp"
+    tmp.write_text(json.dumps(checked, indent=1) + "\n")
+    os.replace(tmp, Path(path) / "model.json")
+    return Bundle(Path(path), BundleCard.model_validate(checked))
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -247,12 +307,16 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{card_path}: card_sha256 does not match the card's content (edited, tampered or "
                           "truncated)")
     model = path / card.model_file
-    if not model.is_file():
-        raise BundleError(f"{path}: {card.model_file} is missing")
-    actual = sha256_file(model)
-    if actual != card.sha256:
-        raise BundleError(f"{model}: sha256 {actual[:12]}... does not match model.json's {card.sha256[:12]}... "
-                          "(truncated, tampered or from another bundle)")
+    targets = [(model, card.sha256)]
+    if card.edgetpu and card.edgetpu.status == "compiled":
+        targets.append((path / card.edgetpu.model_file, card.edgetpu.sha256))
+    for file, expected in targets:
+        if not file.is_file():
+            raise BundleError(f"{path}: {file.name} is missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise BundleError(f"{file}: sha256 {actual[:12]}... does not match model.json's {expected[:12]}... "
+                              "(truncated, tampered or from another bundle)")
     return Bundle(path, card)
 
 

@@ -1,6 +1,7 @@
 """Round trip: a tiny model trained for a few steps, exported to int8, loaded by the edge side."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -133,8 +134,8 @@ def test_float32_export_and_edgetpu_advice(tiny_run, tmp_path):
     assert not (tmp_path / "refused").exists()
     res = export(tiny_run, tmp_path / "f", mode="float32", allow_drop=True, edgetpu=True, allow_cpu_ops=True)
     assert load_bundle(tmp_path / "f").meta["input"]["dtype"] == "float32"
-    assert any("edgetpu_compiler is not on PATH" in n for n in res["notes"])
     assert any(n.startswith("stays on the CPU") for n in res["notes"])
+    assert load_bundle(tmp_path / "f").card.edgetpu is None  # not a bundle for the Edge TPU
     assert res["metrics"]["max_score_diff"] < 1e-4  # float32 LiteRT equals Keras
 
 
@@ -375,3 +376,124 @@ def test_verify_uses_the_configured_backend_and_names_libedgetpu(bundle_dir, tmp
     config.write_text(f"bundle: {bundle_dir}\nclassifier: {{backend: cpu}}\n")
     assert main(["bundle", "verify", "--config", str(config)]) == 0
     assert '"backend": "cpu"' in capsys.readouterr().out
+
+
+# A report in edgetpu_compiler 16's format (-s), replayed by a stand-in: the compiler exists only in Coral's
+# apt repository, for x86-64, and is not on these machines.
+MAPPED_REPORT = """Edge TPU Compiler version 16.0.384591198
+Started a compilation timeout timer of 180 seconds.
+
+Model compiled successfully in 412 ms.
+
+Input model: {model}
+Input size: 1.02MiB
+Output model: {output}
+Output size: 1.21MiB
+On-chip memory used for caching model parameters: 1.01MiB
+On-chip memory remaining for caching model parameters: 6.67MiB
+Off-chip memory used for streaming uncached model parameters: 0.00B
+Number of Edge TPU subgraphs: 1
+Total number of operations: 64
+Operation log: {log}
+
+Operator                       Count      Status
+
+CONV_2D                        34         Mapped to Edge TPU
+DEPTHWISE_CONV_2D              11         Mapped to Edge TPU
+ADD                            6          Mapped to Edge TPU
+MEAN                           1          Mapped to Edge TPU
+FULLY_CONNECTED                1          Mapped to Edge TPU
+QUANTIZE                       3          Mapped to Edge TPU
+MUL                            4          Mapped to Edge TPU
+RELU                           4          Mapped to Edge TPU
+Compilation child process completed within timeout period.
+Compilation succeeded!
+"""
+CPU_REPORT_TAIL = """
+Number of operations that will run on Edge TPU: 60
+Number of operations that will run on CPU: 4
+
+Operator                       Count      Status
+
+CONV_2D                        34         Mapped to Edge TPU
+HARD_SWISH                     4          Operation not supported
+"""
+
+
+@pytest.fixture
+def stand_in_compiler(tmp_path, monkeypatch):
+    """An `edgetpu_compiler` on PATH that copies the model and prints a recorded report."""
+    bin_dir, report = tmp_path / "bin", tmp_path / "report.txt"
+    bin_dir.mkdir()
+    exe = bin_dir / "edgetpu_compiler"
+    exe.write_text(f"""#!{sys.executable}
+import pathlib, shutil, sys
+args = sys.argv[1:]
+out, model = pathlib.Path(args[args.index("-o") + 1]), pathlib.Path(args[-1])
+output = out / (model.stem + "_edgetpu.tflite")
+shutil.copyfile(model, output)
+print(pathlib.Path({str(report)!r}).read_text().format(model=model.name, output=output.name, log=output.stem + ".log"))
+""")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    report.write_text(MAPPED_REPORT)
+    return report
+
+
+@pytest.fixture(scope="module")
+def minimal_run(synth32, tmp_path_factory):
+    """The tiny recipe on the backbone the Edge TPU maps whole."""
+    from training.config import TrainConfig
+    from training.train import train
+
+    from .conftest import TINY
+
+    out = tmp_path_factory.mktemp("minimal") / "run"
+    train(TrainConfig(data=synth32, out=out, **(TINY | {"arch": "mobilenet_v3_small_minimalistic"})))
+    return out
+
+
+def test_an_edgetpu_export_without_the_compiler_is_marked_ready(minimal_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no edgetpu_compiler
+    res = export(minimal_run, tmp_path / "b", representative=8, allow_drop=True, edgetpu=True)
+    b = load_bundle(tmp_path / "b")
+    assert b.card.edgetpu.status == "ready" and any("not compiled" in n for n in res["notes"])
+    assert make_classifier(b).name == "cpu"  # auto: the CPU model until it is compiled
+    with pytest.raises(BundleError, match="Edge TPU ready, not compiled.*qc bundle compile"):
+        make_classifier(b, "edgetpu")
+    assert main(["bundle", "compile", str(tmp_path / "b")]) == 2
+    assert "edgetpu_compiler is not on PATH" in capsys.readouterr().err
+
+
+def test_a_compiled_bundle_names_and_hashes_both_models(minimal_run, tmp_path, stand_in_compiler, capsys):
+    export(minimal_run, tmp_path / "b", representative=8, allow_drop=True, edgetpu=True)
+    b = load_bundle(tmp_path / "b")
+    target = b.card.edgetpu
+    assert target.status == "compiled" and target.model_file == "model_edgetpu.tflite"
+    assert target.compiler == "16.0.384591198" and target.operations == {"edgetpu": 64, "cpu": 0}
+    assert b.card.model_file == "model.tflite" and (tmp_path / "b" / "model.tflite").is_file()  # the CPU fallback
+    assert make_classifier(b).name == "cpu"  # auto on a machine without the delegate: the CPU model
+    (tmp_path / "b" / "model_edgetpu.tflite").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="model_edgetpu.tflite: sha256"):
+        load_bundle(tmp_path / "b")
+    # `qc bundle compile` on a bundle exported without the compiler, and a report with CPU operations
+    shutil.rmtree(tmp_path / "b")
+    export(minimal_run, tmp_path / "c", representative=8, allow_drop=True)
+    assert main(["bundle", "compile", str(tmp_path / "c")]) == 0
+    assert load_bundle(tmp_path / "c").card.edgetpu.status == "compiled"
+    capsys.readouterr()
+    stand_in_compiler.write_text(MAPPED_REPORT.split("\nOperator")[0] + CPU_REPORT_TAIL)
+    write_card(tmp_path / "c", {k: v for k, v in json.loads((tmp_path / "c" / "model.json").read_text()).items()
+                                if k != "edgetpu"})
+    assert main(["bundle", "compile", str(tmp_path / "c")]) == 2
+    assert "would run 4 operation(s) on the CPU: HARD_SWISH (4): Operation not supported" in capsys.readouterr().err
+    assert load_bundle(tmp_path / "c").card.edgetpu is None  # nothing changed
+
+
+def test_the_report_parser_counts_a_fully_mapped_table():
+    from training.edgetpu import parse_report
+
+    full = parse_report(MAPPED_REPORT)
+    assert (full.version, full.on_tpu, full.on_cpu, full.not_mapped) == ("16.0.384591198", 64, 0, [])
+    partial = parse_report(MAPPED_REPORT.split("\nOperator")[0] + CPU_REPORT_TAIL)
+    assert (partial.on_tpu, partial.on_cpu) == (60, 4) and partial.not_mapped == ["HARD_SWISH (4): Operation not supported"]

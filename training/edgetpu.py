@@ -9,11 +9,20 @@ unsupported operator near the input sends nearly the whole model to the CPU; hen
 
 from __future__ import annotations
 
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OPS", "Problem", "check"]
+from training.errors import TrainingError
+
+__all__ = ["OPS", "CompileReport", "Problem", "check", "compile_bundle", "compile_model", "compiled_target",
+           "compiler", "parse_report"]
 
 # operator (as LiteRT names it) -> the condition Coral states for it ("" where none)
 OPS = {
@@ -127,3 +136,77 @@ def check(model: bytes) -> list[Problem]:
         if floats and name not in ("DEQUANTIZE",):
             problems.append(Problem(pos, name, f"float output {floats[0]!r}: the Edge TPU runs int8 only"))
     return problems
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    version: str
+    on_tpu: int
+    on_cpu: int
+    not_mapped: list[str]  # "OP (count): status" of every operator line not mapped to the Edge TPU
+
+
+def parse_report(text: str) -> CompileReport:
+    """edgetpu_compiler's printed report (with -s). Where every operator maps, it prints no "will run on"
+    counts, only its table: the counts then come from the table's status lines."""
+    version = re.search(r"Edge TPU Compiler version (\S+)", text)
+    rows = [m.groups() for m in re.finditer(r"^([A-Z][A-Z0-9_]+)\s+(\d+)\s+(\S.*?)\s*$", text, re.M)]
+    not_mapped = [f"{op} ({n}): {status}" for op, n, status in rows if status != "Mapped to Edge TPU"]
+    on_tpu = re.search(r"Number of operations that will run on Edge TPU: (\d+)", text)
+    on_cpu = re.search(r"Number of operations that will run on CPU: (\d+)", text)
+    mapped = sum(int(n) for op, n, status in rows if status == "Mapped to Edge TPU")
+    return CompileReport(version.group(1) if version else "unknown",
+                         int(on_tpu.group(1)) if on_tpu else mapped,
+                         int(on_cpu.group(1)) if on_cpu else sum(int(n) for _, n, s in rows if s != "Mapped to Edge TPU"),
+                         not_mapped)
+
+
+def compiler() -> str | None:
+    """edgetpu_compiler on PATH (x86-64 only, from Coral's apt repository), or None."""
+    return shutil.which("edgetpu_compiler")
+
+
+def compile_model(model: Path, out_dir: Path) -> tuple[Path, CompileReport]:
+    """Compile `model` into `out_dir`; refuse, naming the operators, when any of them would run on the CPU."""
+    exe = compiler()
+    if exe is None:
+        raise TrainingError("edgetpu_compiler is not on PATH: it comes from Coral's apt repository (package "
+                            "edgetpu-compiler) and runs on x86-64 only")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([exe, "-s", "-o", tmp, str(model)], capture_output=True, text=True, timeout=600)
+        compiled = Path(tmp) / f"{model.stem}_edgetpu.tflite"
+        if proc.returncode != 0 or not compiled.is_file():
+            raise TrainingError(f"edgetpu_compiler failed (exit {proc.returncode}): "
+                                f"{(proc.stderr or proc.stdout).strip()[-600:]}")
+        report = parse_report(proc.stdout)
+        if report.on_cpu:
+            raise TrainingError(f"edgetpu_compiler would run {report.on_cpu} operation(s) on the CPU: "
+                                + "; ".join(report.not_mapped))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / compiled.name
+        shutil.copyfile(compiled, target)
+    return target, report
+
+
+def compiled_target(model: Path, out_dir: Path) -> dict:
+    """The card's `edgetpu` entry for `model` compiled into `out_dir`."""
+    target, report = compile_model(model, out_dir)
+    return {"status": "compiled", "model_file": target.name,
+            "sha256": hashlib.sha256(target.read_bytes()).hexdigest(), "compiler": report.version,
+            "operations": {"edgetpu": report.on_tpu, "cpu": report.on_cpu}}
+
+
+def compile_bundle(path: Path) -> dict:
+    """`qc bundle compile`: compile a bundle's CPU model for the Edge TPU and record it in the card."""
+    from edge.bundle import load_bundle, write_card
+
+    bundle = load_bundle(path)
+    if bundle.card.model_file.endswith("_edgetpu.tflite"):
+        raise TrainingError(f"{path}: its model is already compiled (format 1); export it again for a CPU model")
+    problems = check(bundle.model_path.read_bytes())
+    if problems:
+        raise TrainingError(f"{path}: the Edge TPU would not run this model whole: "
+                            + "; ".join(map(str, problems[:12])))
+    entry = compiled_target(bundle.model_path, Path(path))
+    card = write_card(path, bundle.meta | {"edgetpu": entry}).card
+    return {"bundle": str(path), "edgetpu": card.edgetpu.model_dump()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import keras
@@ -97,19 +96,6 @@ def _edgetpu_check(model: bytes, allow_cpu_ops: bool) -> list[str]:
     return notes
 
 
-def _run_edgetpu_compiler(staging: Path) -> str:
-    exe = shutil.which("edgetpu_compiler")
-    if exe is None:
-        return ("edgetpu_compiler is not on PATH: the model passed the Edge TPU operator check but is not "
-                "compiled; the compiler comes from Coral's apt repository (package edgetpu-compiler, x86-64 only): "
-                "run `qc export --edgetpu` again on a machine that has it")
-    proc = subprocess.run([exe, "-s", "-o", str(staging), str(staging / "model.tflite")],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise TrainingError(f"edgetpu_compiler failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
-
-
 def _tflite_scores(bundle: Bundle, x: np.ndarray) -> np.ndarray:
     clf = make_classifier(bundle, "cpu")
     return np.stack([clf.infer(img).scores for img in x])
@@ -199,14 +185,16 @@ def export(run: Path, out: Path, **settings) -> dict:
     drop = {k: m_float[k] - m_lite[k] for k in ("f1", "recall")}
     meta["metrics"] = {"split": "test", "n": int(len(y_test)), "float": m_float, mode: m_lite, "drop": drop,
                        "max_score_diff": float(np.abs(float_scores - lite_scores).max())}
-    notes = []
-    if cfg_x.edgetpu:
-        notes += edgetpu_notes
-        notes.append(_run_edgetpu_compiler(staging))
+    notes = list(edgetpu_notes)
+    if cfg_x.edgetpu and not any(n.startswith("stays on the CPU") for n in notes):
+        if edgetpu.compiler():
+            meta["edgetpu"] = edgetpu.compiled_target(staging / "model.tflite", staging)
+        else:
+            meta["edgetpu"] = {"status": "ready"}
+            notes.append("edgetpu_compiler is not on PATH: the bundle is Edge TPU ready, not compiled; "
+                         "`qc bundle compile BUNDLE` compiles it on an x86-64 machine with Coral's edgetpu-compiler")
     meta["notes"] = notes
-    compiled = staging / "model_edgetpu.tflite"
-    bundle = write_bundle(staging, compiled.read_bytes() if compiled.exists() else model, meta, force=True,
-                          model_file=compiled.name if compiled.exists() else "model.tflite")
+    bundle = write_bundle(staging, model, meta, force=True)
     if max(drop.values()) > max_drop and not cfg_x.allow_drop:
         shutil.rmtree(staging)
         raise TrainingError(f"{mode} model loses too much: F1 {m_float['f1']:.4f} -> {m_lite['f1']:.4f}, defect recall "

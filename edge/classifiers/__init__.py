@@ -10,6 +10,7 @@ from edge.bundle import Bundle
 from edge.classifiers.base import Classifier, Result
 from edge.classifiers.edgetpu import EdgeTPUClassifier
 from edge.classifiers.litert import LiteRTClassifier
+from edge.errors import EdgeError
 
 __all__ = ["BACKENDS", "Classifier", "Result", "make_classifier"]
 
@@ -17,7 +18,14 @@ BACKENDS = {"cpu": LiteRTClassifier, "edgetpu": EdgeTPUClassifier}
 
 
 def make_classifier(bundle: Bundle, backend: str = "auto", num_threads: int = 2) -> Classifier:
-    """`auto` picks the Edge TPU for an `_edgetpu.tflite` model, the CPU otherwise."""
-    if backend == "auto":
-        backend = "edgetpu" if bundle.card.model_file.endswith("_edgetpu.tflite") else "cpu"
-    return BACKENDS[backend](bundle, num_threads=num_threads)
+    """`auto` takes the Edge TPU for a bundle compiled for it when its delegate loads, the CPU otherwise (one
+    bundle serves a Pi, a Jetson and a Coral); a named backend that cannot run is an error that says why."""
+    if backend != "auto":
+        return BACKENDS[backend](bundle, num_threads=num_threads)
+    if bundle.compiled_for_edgetpu:
+        try:
+            return EdgeTPUClassifier(bundle, num_threads=num_threads)
+        except EdgeError:
+            if bundle.card.model_file.endswith("_edgetpu.tflite"):
+                raise  # format 1: there is no CPU model to fall back on
+    return LiteRTClassifier(bundle, num_threads=num_threads)

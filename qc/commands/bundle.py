@@ -10,13 +10,15 @@ UNIT = Path(__file__).resolve().parents[2] / "deploy" / "qc-inspect.service"
 
 
 def _bundle_args(p):
-    p.add_argument("action", choices=["verify", "show"], help="verify: hashes, version, tensors, one inference")
+    p.add_argument("action", choices=["verify", "show", "compile"],
+                   help="verify: hashes, version, tensors, one inference; show: the card; compile: for the Edge "
+                   "TPU with edgetpu_compiler (x86-64), recorded in the card beside the CPU model")
     p.add_argument("bundle", type=Path, nargs="?", help="bundle folder (default: the one --config names)")
     p.add_argument("--config", type=Path, help="edge YAML: verify its bundle with the backend it selects, as the "
                    "service does before it starts")
 
 
-@command("bundle", "verify a model bundle or show its card", _bundle_args)
+@command("bundle", "verify a model bundle, show its card, or compile it for the Edge TPU", _bundle_args)
 def bundle(a):
     import numpy as np
 
@@ -29,6 +31,10 @@ def bundle(a):
     path = a.bundle or (cfg.bundle if cfg else None)
     if path is None:
         raise EdgeError("give a bundle folder, or --config naming one")
+    if a.action == "compile":
+        from training.edgetpu import compile_bundle
+
+        return compile_bundle(path)
     b = load_bundle(path)
     if a.action == "show":
         return b.describe()
