@@ -44,7 +44,7 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], ski
         elif kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
-            kwargs |= {"nargs": "+", "type": typing.get_args(kind)[0], "metavar": name.upper().rstrip("ES")}
+            kwargs |= {"nargs": "+", "type": typing.get_args(kind)[0], "metavar": name.upper()}
         elif kind in (int, float, str, Path):
             kwargs["type"] = kind
         else:

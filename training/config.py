@@ -106,7 +106,8 @@ class SynthConfig(Strict):
     count: int = Field(1000, description="number of images in all")
     seed: int = Field(0, description="the same seed gives byte-identical output")
     size: int = Field(128, description="image side in pixels (at least 32)")
-    classes: list[str] = Field(default_factory=lambda: list(DEFECTS), description="defect classes to make")
+    classes: list[str] = Field(default_factory=lambda: list(DEFECTS),
+                               description=f"defect classes to make (default all: {' '.join(DEFECTS)})")
     good_fraction: float = Field(0.5, description="share of defect-free parts")
 
 
