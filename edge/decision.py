@@ -24,8 +24,12 @@ REASONS = {
 
 
 def defect_scores(probs: np.ndarray, good_index: int) -> np.ndarray:
-    """1 - p(good) over the last axis: one score per part (or per map cell), higher is more defective."""
-    return 1.0 - np.asarray(probs)[..., good_index]
+    """1 - p(good) over the last axis: one score per part (or per map cell), higher is more defective.
+
+    Summed from the defect classes' own probabilities rather than subtracted from 1: where the model is sure
+    of `good`, p(good) rounds to 1.0 in float32 and the subtraction would give 0 at every cell (a reject
+    without a box), while the defect probabilities stay small and positive."""
+    return np.delete(np.asarray(probs), good_index, axis=-1).sum(-1)
 
 
 @dataclass(frozen=True)
