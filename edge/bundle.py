@@ -182,16 +182,20 @@ class Bundle:
         target = self.card.edgetpu
         if target and target.status == "compiled":
             return self.path / target.model_file
-        if self.card.model_file.endswith("_edgetpu.tflite"):  # format 1: the compiled model was the model
+        if self.only_compiled:
             return self.model_path
         state = "is Edge TPU ready, not compiled" if target else "was not exported for the Edge TPU"
         raise BundleError(f"{self.path} {state}: compile it with `qc bundle compile {self.path}` on an x86-64 "
                           "machine with edgetpu_compiler" + ("" if target else ", after `qc export --edgetpu`"))
 
     @property
+    def only_compiled(self) -> bool:
+        """A format 1 Edge TPU bundle: its one model is the compiled one, with no CPU model beside it."""
+        return self.card.model_file.endswith("_edgetpu.tflite")
+
+    @property
     def compiled_for_edgetpu(self) -> bool:
-        return bool(self.card.edgetpu and self.card.edgetpu.status == "compiled") or \
-            self.card.model_file.endswith("_edgetpu.tflite")
+        return bool(self.card.edgetpu and self.card.edgetpu.status == "compiled") or self.only_compiled
 
     @property
     def labels(self) -> list[str]:

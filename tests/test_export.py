@@ -352,6 +352,24 @@ def test_edgetpu_export_refuses_with_the_operators_named(tiny_run, tmp_path):
     assert not (tmp_path / "e").exists() and not (tmp_path / "e.partial").exists()
 
 
+def test_a_dynamic_reshape_is_refused_with_the_operator_named():
+    """What a Dense head on a 4-D tensor becomes when the batch is left free: SHAPE / GATHER / REDUCE_PROD
+    feeding a RESHAPE whose shape is computed at run time."""
+    import keras
+    import tensorflow as tf
+
+    from training.export import _edgetpu_check
+
+    inp = keras.Input((8, 8, 3))
+    net = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Conv2D(8, 3, activation="relu")(inp)))
+    conv = tf.lite.TFLiteConverter.from_keras_model(net)  # batch free, as the exports before 0d95f1c were
+    conv.optimizations, conv.target_spec.supported_ops = [tf.lite.Optimize.DEFAULT], [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.representative_dataset = lambda: ([x[None]] for x in np.random.default_rng(0).random((4, 8, 8, 3), np.float32))
+    with pytest.raises(QCError, match=r"dynamic shape \[-1, 8, 8, 3\].*operator \d+ SHAPE: not in the "
+                       r"Edge TPU's operator table.*operator \d+ RESHAPE: a tensor of dynamic size"):
+        _edgetpu_check(conv.convert(), allow_cpu_ops=False)
+
+
 def test_the_convolution_map_is_the_dense_head_at_every_location(tiny_run):
     from edge.classifiers.base import softmax
 

@@ -107,7 +107,7 @@ def check(model: bytes) -> list[Problem]:
     for d in [*it.get_input_details(), *it.get_output_details()]:
         if -1 in list(d.get("shape_signature", d["shape"])):
             problems.append(Problem(-1, "model", f"tensor '{d['name']}' has a dynamic shape "
-                                    f"{list(d['shape_signature'])}"))
+                                    f"{np.asarray(d['shape_signature']).tolist()}"))
     for op in it._get_ops_details():
         name, pos = op["op_name"], op["index"]
         if name not in OPS:
@@ -201,7 +201,7 @@ def compile_bundle(path: Path) -> dict:
     from edge.bundle import load_bundle, write_card
 
     bundle = load_bundle(path)
-    if bundle.card.model_file.endswith("_edgetpu.tflite"):
+    if bundle.only_compiled:
         raise TrainingError(f"{path}: its model is already compiled (format 1); export it again for a CPU model")
     problems = check(bundle.model_path.read_bytes())
     if problems:

@@ -26,6 +26,6 @@ def make_classifier(bundle: Bundle, backend: str = "auto", num_threads: int = 2)
         try:
             return EdgeTPUClassifier(bundle, num_threads=num_threads)
         except EdgeError:
-            if bundle.card.model_file.endswith("_edgetpu.tflite"):
-                raise  # format 1: there is no CPU model to fall back on
+            if bundle.only_compiled:
+                raise  # there is no CPU model to fall back on
     return LiteRTClassifier(bundle, num_threads=num_threads)
