@@ -7,7 +7,8 @@ recording, which waits for the workers, so the rate is what they sustain) and it
 and whether every part was inspected), also at 40 % and 60 %. Beside the latency run, its floor on this
 machine: the naive loop in as many processes as the pipeline has workers, paced together at the same line
 rate and timed the same way (no shared GIL, no queue: what the machine alone does to the tail). All after a
-warm-up; peak RSS. Prints JSON.
+warm-up; peak RSS. Last, where TensorFlow is installed: the int8 invoke time of the default backbone beside the
+previous default's, built the same way at the bundle's input size. Prints JSON.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from edge.preprocess import prepare
 from edge.sources import Frame, Paced
 from edge.telemetry import MemoryTelemetry
 
-__all__ = ["run_benchmark"]
+__all__ = ["backbone_invoke", "run_benchmark"]
 
+PREVIOUS_DEFAULT_ARCH = "mobilenet_v3_small"  # the default until the Edge TPU needed a backbone without hard-swish
 LINE_SHARE = 0.8  # the line rate for the latency run, as a share of the slowest stage (the issue's target)
 SLOWER_LINES = (0.4, 0.6)  # also measured: where the latency tail holds when the line leaves more headroom
 
@@ -137,6 +139,32 @@ def _pipeline(cfg: EdgeConfig, source: _Line, seconds: float, warmup: float) -> 
             "latency_p99_ms": round(float(np.percentile(latency, 99)), 2)}
 
 
+def backbone_invoke(size: int, n: int) -> dict:
+    """Int8 invoke time on the CPU (1 thread) of the default backbone beside the previous default, at `size`:
+    both untrained (random weights cost the same) with the activation-map head, converted as `qc export` does,
+    timed in interleaved rounds. Needs TensorFlow (the `train` extra); without it, says so."""
+    try:
+        from bench.export import _invoker, _ms
+        from training import model as models
+        from training.config import ARCHITECTURES, TrainConfig
+        from training.export import convert
+    except ImportError as exc:
+        return {"skipped": f"needs the train extra ({exc.name} is not installed)"}
+    default = TrainConfig.model_fields["arch"].default
+    rep = np.random.default_rng(0).integers(0, 256, (16, size, size, 3)).astype(np.uint8)
+    invoke = {}
+    for arch in dict.fromkeys([default, PREVIOUS_DEFAULT_ARCH]):
+        net = models.with_cam(models.build(arch, 2, size, ARCHITECTURES[arch].default_alpha), logits=True)
+        invoke[arch] = _invoker(convert(net, "int8", rep), threads=1)
+    rounds = {arch: [] for arch in invoke}
+    for _ in range(10):  # interleaved: a slow spell on a shared machine hits both alike
+        for arch, fn in invoke.items():
+            rounds[arch].append(_ms(fn, max(1, n // 10)))
+    ms = {arch: round(float(np.median(r)), 3) for arch, r in rounds.items()}
+    return {"input_size": size, "threads": 1, "default": default, "previous_default": PREVIOUS_DEFAULT_ARCH,
+            "int8_invoke_ms": ms, "previous_over_default": round(ms[PREVIOUS_DEFAULT_ARCH] / ms[default], 2)}
+
+
 def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = None, seconds: float = 5.0,
                   workers: int | None = None, warmup: float = 1.0) -> dict:
     """`num_threads` and `workers` None take `qc run`'s defaults."""
@@ -189,6 +217,8 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
             "offered_per_s", "not_inspected", "latency_p50_ms", "latency_p99_ms")} for share, run in slower.items()],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    # last, after peak RSS: TensorFlow would count in the box's memory otherwise
+    result["backbones_int8_invoke_cpu"] = backbone_invoke(h, n)
     result["ratios"] = {
         "capacity_vs_slowest_stage": round(capacity["inspected_per_s"] / slowest, 3),
         "capacity_vs_naive": round(capacity["inspected_per_s"] / naive, 3),

@@ -331,14 +331,16 @@ def test_the_exported_graph_is_static_and_its_map_a_convolution(bundle_dir):
     np.testing.assert_allclose(r.cam.sum(-1), 1.0, atol=1e-5)  # the box applies the softmax per cell
 
 
-def test_edgetpu_check_passes_a_minimalistic_model_and_names_hard_swish(tmp_path):
+def test_edgetpu_check_passes_minimalistic_and_v2_models_and_names_hard_swish(tmp_path):
     from training import edgetpu
     from training.export import convert
 
-    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    minimal = models.with_cam(models.build("mobilenet_v3_small_minimalistic", 3, 32, 0.35), logits=True)
-    problems = edgetpu.check(convert(minimal, "int8", x))
-    assert problems == [], problems
+    x = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    for arch in ("mobilenet_v3_small_minimalistic", "mobilenet_v2"):  # V2 with its per-image standardization
+        net = models.with_cam(models.build(arch, 3, 64, 0.35), logits=True)
+        problems = edgetpu.check(convert(net, "int8", x))
+        assert problems == [], (arch, problems)
+    x = x[:, :32, :32]
     default = models.with_cam(models.build("mobilenet_v3_small", 3, 32, 0.35), logits=True)
     named = {p.op for p in edgetpu.check(convert(default, "int8", x))}
     assert "HARD_SWISH" in named
@@ -350,6 +352,17 @@ def test_edgetpu_export_refuses_with_the_operators_named(tiny_run, tmp_path):
     with pytest.raises(QCError, match=r"operator \d+ HARD_SWISH: not in the Edge TPU's operator table"):
         export(tiny_run, tmp_path / "e", representative=8, allow_drop=True, edgetpu=True)
     assert not (tmp_path / "e").exists() and not (tmp_path / "e.partial").exists()
+
+
+def test_standardize_is_the_per_image_standardization_of_a_grid():
+    """The Edge-TPU-mappable form (max pool for the grid, channel mean as a sum) computes what a strided slice
+    and a mean over all grid values do."""
+    x = np.random.default_rng(5).uniform(0, 255, (2, 128, 96, 3)).astype(np.float32)
+    grid = x[:, ::3, ::3, :]  # 96 // 32: a pixel of every 3 x 3
+    mean = grid.mean(axis=(1, 2, 3), keepdims=True)
+    var = ((grid - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+    got = np.asarray(models.Standardize()(x))
+    np.testing.assert_allclose(got, (x - mean) / np.sqrt(var + 1.0), rtol=1e-4, atol=1e-4)
 
 
 def test_a_dynamic_reshape_is_refused_with_the_operator_named():
