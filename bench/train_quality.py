@@ -36,8 +36,13 @@ def one(data: Path, out: Path, **overrides) -> dict:
         rec = train(TrainConfig(data=data, out=out, **overrides))
         wall = time.monotonic() - t0
         m = evaluate(out, data, target_recall=TARGET_RECALL)
+    return figures(m, wall, rec["epochs_run"])
+
+
+def figures(m: dict, wall: float, epochs: int) -> dict:
+    """What a benchmark reports of one run, from `evaluate`'s metrics."""
     t = m["threshold"]
-    return {"train_wall_s": round(wall, 1), "epochs": rec["epochs_run"], "accuracy": round(m["accuracy"], 4),
+    return {"train_wall_s": round(wall, 1), "epochs": epochs, "accuracy": round(m["accuracy"], 4),
             "macro_f1": round(m["macro_f1"], 4), "binary_f1": round(m["binary_argmax"]["f1"], 4),
             "binary_f1_at_threshold": round(t["test"]["f1"], 4),
             "roc_auc": round(m["roc_auc"], 4), "threshold": round(t["value"], 4),
@@ -61,7 +66,7 @@ def main(argv=None) -> dict:
               "magnetic_tile_recipe": TILE_RECIPE}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        generate(tmp / "synth", SynthConfig(count=a.count, seed=1, size=128))
+        generate(tmp / "synth", SynthConfig(count=a.count, seed=1))
         epochs = {"epochs": a.epochs} if a.epochs else {}
         result["synthetic"] = one(tmp / "synth", tmp / "run_synth", **epochs)
         if not a.skip_tiles and TILES.is_dir():

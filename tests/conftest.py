@@ -31,7 +31,7 @@ TINY = dict(input_size=32, alpha=0.35, epochs=2, steps_per_epoch=2, batch_size=1
 
 @pytest.fixture(scope="session")
 def tiny_run(synth32, tmp_path_factory):
-    """The default MobileNet (V3-Small, narrowed) trained for a few steps on 32x32 images: enough to test the plumbing."""
+    """The default MobileNet (V3-Small minimalistic, narrowed) trained for a few steps on 32x32 images: enough to test the plumbing."""
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run") / "run"

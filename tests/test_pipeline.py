@@ -386,6 +386,10 @@ def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundl
     assert floor["parts"] > 0 and floor["latency_p99_ms"] >= floor["latency_p50_ms"] > 0
     assert r["meets_targets"] is False or line["not_inspected"] == 0  # targets are never met by losing parts
     assert r["workers"] == 2 or r["workers"] == os.cpu_count() == 1
+    backbones = r["backbones_int8_invoke_cpu"]  # the default beside the one it replaced, in the same run
+    assert backbones["default"] == "mobilenet_v3_small_minimalistic" != backbones["previous_default"]
+    assert set(backbones["int8_invoke_ms"]) == {backbones["default"], backbones["previous_default"]}
+    assert min(backbones["int8_invoke_ms"].values()) > 0 and backbones["input_size"] == 32
     assert json.loads(json.dumps(r)) == r  # printable as JSON
 
 

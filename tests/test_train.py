@@ -30,7 +30,7 @@ def test_run_folder_has_model_history_curves_and_config(tiny_run, synth32):
     from training.data import scan
 
     assert cfg["dataset"]["manifest_sha256"] == scan(synth32, seed=cfg["seed"]).manifest_sha256
-    assert cfg["classes"][0] == "good" and cfg["arch"] == "mobilenet_v3_small" and cfg["augment"]["flip"] is True
+    assert cfg["classes"][0] == "good" and cfg["arch"] == "mobilenet_v3_small_minimalistic" and cfg["augment"]["flip"] is True
 
 
 def test_same_seed_repeats_the_run(tiny_run, synth32, tmp_path, capsys):
@@ -132,7 +132,7 @@ def test_patience_lets_a_cosine_run_anneal_to_its_end():
 
 
 def test_alpha_default_follows_the_architecture():
-    assert TrainConfig(data=".", out=".").alpha == 1.0  # MobileNetV3-Small, the default
+    assert TrainConfig(data=".", out=".").alpha == 1.0  # MobileNetV3-Small minimalistic, the default
     assert TrainConfig(data=".", out=".", arch="mobilenet_v2").alpha == 0.35
     assert TrainConfig(data=".", out=".", arch="mobilenet_v2", alpha=0.5).alpha == 0.5
 
@@ -202,6 +202,36 @@ def test_evaluate_writes_metrics_plots_and_report(tiny_run, synth32):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5
     assert "Reject when defect score" in page
+
+
+def test_default_backbone_bench_counts_finished_runs_and_trains_what_is_missing(tiny_run, synth32, tmp_path,
+                                                                                monkeypatch):
+    """`bench.default_backbone` reuses runs trained with `qc train` / `qc evaluate` (about 2 h of training on two
+    cores) and checks that both backbones were compared on the same splits."""
+    import shutil
+
+    import bench.default_backbone as bench
+
+    evaluate(tiny_run, synth32, target_recall=0.9)
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    archs, seed, runs = [cfg["arch"], "mobilenet_v3_small"], cfg["seed"], tmp_path / "runs"
+    for arch in archs:
+        shutil.copytree(tiny_run, runs / f"synthetic-{arch}-s{seed}")
+        (runs / f"synthetic-{arch}-s{seed}" / "config.json").write_text(json.dumps(cfg | {"arch": arch}))
+    calls = []
+
+    def one(data, run, **settings):
+        calls.append((run.name, settings))
+        shutil.copytree(tiny_run / "eval", run / "eval", dirs_exist_ok=True)
+
+    monkeypatch.setattr(bench, "one", one)
+    r = bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,))
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    assert calls == [] and r["synthetic"]["same_splits_for_every_backbone"] is True
+    assert r["synthetic"][archs[1]]["mean"]["accuracy"] == round(metrics["accuracy"], 4)
+    (runs / f"synthetic-{archs[0]}-s{seed}" / "eval" / "metrics.json").unlink()  # evaluation never finished
+    bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,))
+    assert calls == [(f"synthetic-{archs[0]}-s{seed}", {"arch": archs[0], "seed": seed})]
 
 
 def test_evaluate_refuses_other_classes(tiny_run, tmp_path):

@@ -54,6 +54,15 @@ def _weights_arg(weights: str) -> str | None:
     return weights
 
 
+def backbone_kwargs(arch: str) -> dict:
+    """What a Keras applications backbone is built with beyond its size, width and weights (also by the
+    tf-keras twin for quantization-aware training)."""
+    kwargs = {} if arch == "mobilenet_v2" else {"include_preprocessing": True}  # V3 rescales 0..255 itself
+    if ARCHITECTURES[arch].minimalistic:
+        kwargs["minimalistic"] = True
+    return kwargs
+
+
 def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: str = "none",
           dropout: float = 0.2, pooling: str = "avg") -> keras.Model:
     if arch not in ARCHITECTURES:
@@ -61,11 +70,7 @@ def build(arch: str, num_classes: int, input_size: int, alpha: float, weights: s
     if input_size < 32:
         raise TrainingError(f"--input-size {input_size} is too small; MobileNet needs at least 32")
     kwargs = dict(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False,
-                  weights=_weights_arg(weights))
-    if arch != "mobilenet_v2":
-        kwargs["include_preprocessing"] = True  # V3 rescales 0..255 itself
-    if ARCHITECTURES[arch].minimalistic:
-        kwargs["minimalistic"] = True
+                  weights=_weights_arg(weights), **backbone_kwargs(arch))
     try:
         base = getattr(keras.applications, ARCHITECTURES[arch].keras_name)(**kwargs)
     except ValueError as exc:  # e.g. no imagenet weights for this alpha / size

@@ -65,9 +65,8 @@ def _twin(net, arch: str, alpha: float, tf_keras):
         pre = net.get_layer("preprocess")
         x = (Standardize(name="preprocess") if isinstance(pre, models.Standardize)
              else k.layers.Rescaling(pre.scale, offset=pre.offset, name="preprocess"))(inp)
-    kwargs = {"include_preprocessing": True} if arch != "mobilenet_v2" else {}
     base = getattr(k.applications, ARCHITECTURES[arch].keras_name)(
-        input_tensor=x, alpha=alpha, include_top=False, weights=None, **kwargs)
+        input_tensor=x, alpha=alpha, include_top=False, weights=None, **models.backbone_kwargs(arch))
     pool_cls = type(net.get_layer("pool")).__name__
     pooled = getattr(k.layers, pool_cls)(name="pool")(base.output)
     pooled = k.layers.Dropout(net.get_layer("dropout").rate, name="dropout")(pooled)
@@ -150,8 +149,10 @@ def quantization_aware(net, arch: str, alpha: float, train: tuple[np.ndarray, np
     kernel = head["kernel"].numpy()[None, None]
     cam_head["kernel"].assign(kernel)
     cam_head["bias"].assign(head["bias"])
-    for name, reduce in (("kernel_min", np.min), ("kernel_max", np.max)):  # its fake-quantization ranges too
-        per_channel = reduce(kernel, axis=(0, 1, 2))
+    # its fake-quantization ranges too: symmetric, as the toolkit keeps a convolution's weight ranges (the
+    # converter refuses a per-channel weight zero point other than 0)
+    for name, sign in (("kernel_min", -1), ("kernel_max", 1)):
         target = cam_head[name]
-        target.assign(np.broadcast_to(per_channel if target.shape.rank else reduce(kernel), target.shape))
+        bound = np.abs(kernel).max(axis=(0, 1, 2)) if target.shape.rank else np.abs(kernel).max()
+        target.assign(np.broadcast_to(sign * bound, target.shape))
     return quantized
