@@ -15,8 +15,9 @@ __all__ = ["package"]
 
 
 def package(bundle: Path, config: Path, unit: Path, out: Path) -> dict:
-    load_bundle(bundle)  # refuse to ship a broken bundle
-    load_config(config, {"bundle": str(bundle)})
+    checked = load_bundle(bundle)  # refuse to ship a broken bundle
+    cfg = load_config(config, {"bundle": str(bundle)})
+    checked.model_for(cfg.classifier.backend)  # an Edge TPU box needs the compiled model: say so here, not there
     files = {f"bundle/{p.name}": p for p in sorted(bundle.iterdir()) if p.is_file()}
     files |= {"edge.yaml": config, "qc-inspect.service": unit}
     sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {name}\n" for name, p in files.items())

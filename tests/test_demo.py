@@ -25,4 +25,5 @@ def test_quick_demo_end_to_end(tmp_path):
     page = (out / "index.html").read_text()
     assert "run/eval/report.html" in page and "telemetry-report.html" in page
     assert (out / "run" / "eval" / "report.html").exists() and (out / "telemetry-report.html").exists()
-    assert (out / "bundle" / "model.json").exists()
+    card = json.loads((out / "bundle" / "model.json").read_text())  # the default runs whole on the Edge TPU
+    assert card["edgetpu"]["status"] in ("ready", "compiled") and "Edge TPU: ready" in proc.stdout

@@ -36,7 +36,7 @@ def test_config_check_names_a_bad_key(tmp_path, capsys):
     assert "gpio.gate.dellay_ms" in capsys.readouterr().err
 
 
-def test_package_ships_bundle_config_unit_with_checksums(bundle_dir, tmp_path):
+def test_package_ships_bundle_config_unit_with_checksums(bundle_dir, tmp_path, capsys):
     out = tmp_path / "box.tar.gz"
     assert main(["package", "--bundle", str(bundle_dir), "--config", str(DEPLOY / "pi.yaml"), "--out", str(out)]) == 0
     with tarfile.open(out) as tar:
@@ -47,3 +47,7 @@ def test_package_ships_bundle_config_unit_with_checksums(bundle_dir, tmp_path):
             assert hashlib.sha256(tar.extractfile(f"qc-box/{name}").read()).hexdigest() == digest
     assert {"qc-box/bundle/model.tflite", "qc-box/bundle/model.json", "qc-box/edge.yaml",
             "qc-box/qc-inspect.service"} <= set(names)
+    # a Coral's config with a bundle that has no compiled model is refused on the workstation, with the remedy
+    assert main(["package", "--bundle", str(bundle_dir), "--config", str(DEPLOY / "coral.yaml"),
+                 "--out", str(tmp_path / "coral.tar.gz")]) == 2
+    assert not (tmp_path / "coral.tar.gz").exists() and "qc bundle compile" in capsys.readouterr().err

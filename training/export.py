@@ -205,4 +205,5 @@ def export(run: Path, out: Path, **settings) -> dict:
         shutil.rmtree(out)
     staging.rename(out)
     load_bundle(out)
-    return {"bundle": str(out), "size_bytes": len(model), "metrics": meta["metrics"], "notes": notes}
+    return {"bundle": str(out), "size_bytes": len(model), "metrics": meta["metrics"], "edgetpu": meta.get("edgetpu"),
+            "notes": notes}
