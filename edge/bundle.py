@@ -77,6 +77,8 @@ class Threshold(Strict):
     target_recall: float | None = Field(None, gt=0, le=1, description="the defect recall it was chosen for")
     float_value: float | None = Field(None, description="the float model's threshold, before quantization")
     chosen_with: str | None = Field(None, description="the model whose scores chose it")
+    recall_interval: tuple[float, float] | None = Field(
+        None, description="the defect recall the split vouches for at this value: 95 % exact binomial interval")
 
     @field_validator("value")
     @classmethod
@@ -237,7 +239,8 @@ class Bundle:
             f"input     {i.shape} {i.dtype} scale {i.scale} zero point {i.zero_point} {i.color} resize {i.resize}",
             f"output    {c.output.kind}",
             f"edge tpu  {c.edgetpu.status + (' ' + c.edgetpu.model_file if c.edgetpu.model_file else '') if c.edgetpu else 'not exported for it'}",
-            f"threshold {c.threshold.value:.4f} ({c.threshold.method})",
+            f"threshold {c.threshold.value:.4f} ({c.threshold.method})" + (
+                " recall {:.3f}-{:.3f} (95 %)".format(*c.threshold.recall_interval) if c.threshold.recall_interval else ""),
             f"quantize  {json.dumps(c.quantization)}",
             f"training  {json.dumps(c.training)}",
             f"metrics   {json.dumps(c.metrics)}"])

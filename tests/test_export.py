@@ -161,6 +161,9 @@ def test_threshold_is_chosen_again_with_the_exported_models_scores(tiny_run, syn
     thr = load_bundle(tmp_path / "b").meta["threshold"]
     assert thr["float_value"] == m["threshold"]["value"] and thr["chosen_with"] == "the int8 model"
     assert thr["target_recall"] == 0.9 and 0 <= thr["value"] <= 1
+    lo, hi = thr["recall_interval"]  # what the int8 model's validation recall vouches for
+    assert 0 <= lo < hi <= 1 and m["threshold"]["recall_interval"][0] < 1
+    assert main(["bundle", "show", str(tmp_path / "b")]) == 0
 
 
 def _lite_outputs(model: bytes, x: np.ndarray) -> np.ndarray:

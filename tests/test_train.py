@@ -9,7 +9,14 @@ from edge.errors import QCError
 from qc.cli import main
 from training import model as models
 from training.config import PLATEAU_PATIENCE, TrainConfig
-from training.evaluate import binary_report, choose_threshold, evaluate, explain, pointing_game
+from training.evaluate import (
+    binary_report,
+    choose_threshold,
+    evaluate,
+    explain,
+    pointing_game,
+    recall_interval,
+)
 from training.train import (
     DefectRecall,
     _class_loss,
@@ -177,6 +184,17 @@ def test_threshold_is_the_highest_that_reaches_target_recall():
     assert choose_threshold(scores, is_defect, 0.75) == 0.7
     rep = binary_report(scores, is_defect, 0.2)
     assert rep["recall"] == 1.0 and rep["false_reject_rate"] == 0.25 and rep["escape_rate"] == 0.0
+
+
+def test_the_recall_a_threshold_can_be_trusted_with_narrows_with_more_defects():
+    """Clopper-Pearson: every one of n defects caught vouches for a recall of at least 0.025 ** (1 / n)."""
+    few, many = np.ones(59), np.ones(590)
+    lo, hi = recall_interval(few, few.astype(bool), 0.5)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 59), abs=1e-4) and lo < 0.94
+    assert recall_interval(many, many.astype(bool), 0.5)[0] > 0.99
+    scores = np.array([0.9] * 98 + [0.1, 0.1])  # two of 100 below the threshold: 0.98 lies inside
+    lo, hi = recall_interval(scores, np.ones(100, bool), 0.5)
+    assert lo < 0.98 < hi < 1.0
 
 
 def test_pointing_game_counts_peaks_inside_masks():

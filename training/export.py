@@ -21,7 +21,7 @@ from training import data, edgetpu
 from training import model as models
 from training.config import ExportConfig
 from training.errors import TrainingError
-from training.evaluate import binary_report, choose_threshold, decision_report
+from training.evaluate import binary_report, choose_threshold, decision_report, recall_interval
 from training.quiet import captured_output
 
 __all__ = ["convert", "export", "representative_indices"]
@@ -136,7 +136,8 @@ def export(run: Path, out: Path, **settings) -> dict:
     model = convert(cam_model, mode, rep, io_dtype, per_channel)
     edgetpu_notes = _edgetpu_check(model, cfg_x.allow_cpu_ops) if cfg_x.edgetpu else []  # refused before any work
     threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
-                  evaluation["threshold"]["target_recall"], "method": "highest threshold reaching the target defect recall"}
+                  evaluation["threshold"]["target_recall"], "method": "highest threshold reaching the target defect recall",
+                  "recall_interval": evaluation["threshold"].get("recall_interval")}
                  if evaluation else {"value": 0.5, "method": "default: run `qc evaluate` to choose one"})
     interpreter_cls, _ = import_interpreter()
     it = interpreter_cls(model_content=model)
@@ -166,8 +167,9 @@ def export(run: Path, out: Path, **settings) -> dict:
     if evaluation:
         # the threshold is chosen again on val with the exported model's own scores, which quantization moves
         lite_val = defect_scores(_tflite_scores(bundle, x_val), good)
-        threshold = threshold | {"value": choose_threshold(lite_val, y_val != good, threshold["target_recall"]),
-                                 "float_value": threshold["value"], "chosen_with": f"the {mode} model"}
+        value = choose_threshold(lite_val, y_val != good, threshold["target_recall"])
+        threshold = threshold | {"value": value, "float_value": threshold["value"], "chosen_with": f"the {mode} model",
+                                 "recall_interval": recall_interval(lite_val, y_val != good, value)}
         meta["threshold"] = threshold
     # float vs exported on the test split, each at the threshold chosen for it
     x_test, y_test, _ = data.load_arrays(ds, "test", size)
