@@ -21,7 +21,7 @@ from training import model as models
 from training.config import TARGET_RECALL
 from training.errors import TrainingError
 
-__all__ = ["binary_report", "choose_threshold", "recall_interval", "evaluate", "explain", "overlay", "pointing_game"]
+__all__ = ["binary_report", "choose_threshold", "evaluate", "explain", "overlay", "pointing_game", "recall_interval"]
 
 
 def choose_threshold(scores: np.ndarray, is_defect: np.ndarray, target_recall: float) -> float:
