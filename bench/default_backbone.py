@@ -6,58 +6,38 @@ each run's figures and, per data set and backbone, the mean and the worst seed.
 
     python -m bench.default_backbone --runs DIR     # trains what DIR lacks: about 2 h on 2 cores
 
-A run folder DIR/<data>-<arch>-s<seed> that holds a finished training of that backbone and seed and its
-evaluation is reused (so `qc train --data D --out DIR/... --arch A --seed S` and `qc evaluate` runs count,
-and an interrupted comparison continues where it stopped).
+A run folder DIR/<data>-<arch>-s<seed> that holds a finished, evaluated run of that recipe and data is
+reused (so runs of `qc train --data D --out DIR/<data>-<arch>-s<seed> --arch A --seed S` and `qc evaluate`
+count, and an interrupted comparison continues where it stopped).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.edge_pipeline import PREVIOUS_DEFAULT_ARCH  # noqa: E402
 from bench.record import emit  # noqa: E402
-from bench.train_quality import TILES, figures, one  # noqa: E402
+from bench.train_quality import TILES, one, synthetic  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.synth import SynthConfig, generate  # noqa: E402
 
 SEEDS = (0, 1, 2)
 SUMMARY = ("accuracy", "binary_f1", "roc_auc", "test_defect_recall_at_threshold",
            "test_false_reject_rate_at_threshold", "train_wall_s")
 
 
-def _finished(run: Path, arch: str, seed: int) -> dict | None:
-    """The figures of an earlier run in `run`, if it is a finished one of `arch` and `seed`."""
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-        metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if cfg.get("arch") != arch or cfg.get("seed") != seed or "train_seconds" not in cfg:
-        return None
-    return figures(metrics, cfg["train_seconds"], cfg["epochs_run"]) | {
-        "split_sha256": cfg["dataset"]["manifest_sha256"]}
-
-
-def compare(runs: Path, data: dict[str, tuple[Path, list[str]]], seeds=SEEDS) -> dict:
-    """`data`: name -> (folder, the backbones to train on it)."""
+def compare(runs: Path, data: dict[str, tuple[Path, list[str]]], seeds=SEEDS, **recipe) -> dict:
+    """`data`: name -> (folder, the backbones to train on it); `recipe`: settings beyond the defaults (none
+    for the benchmark). Each run goes to runs/<name>-<arch>-s<seed>."""
     result = {}
     for name, (folder, archs) in data.items():
         result[name] = {}
         for arch in archs:
-            per_seed = {}
-            for seed in seeds:
-                run = runs / f"{name}-{arch}-s{seed}"
-                if _finished(run, arch, seed) is None:
-                    print(f"training {run.name}", file=sys.stderr, flush=True)
-                    one(folder, run, arch=arch, seed=seed)  # refuses a folder left by an unfinished run
-                per_seed[seed] = _finished(run, arch, seed)
+            per_seed = {seed: one(folder, runs / f"{name}-{arch}-s{seed}", arch=arch, seed=seed, **recipe)
+                        for seed in seeds}
             result[name][arch] = {
                 "seeds": per_seed,
                 "mean": {k: round(sum(r[k] for r in per_seed.values()) / len(per_seed), 4) for k in SUMMARY},
@@ -70,15 +50,12 @@ def compare(runs: Path, data: dict[str, tuple[Path, list[str]]], seeds=SEEDS) ->
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, required=True, help="folder of the run folders (kept, and reused)")
+    p.add_argument("--runs", type=Path, required=True, help="folder of the data and run folders (kept, and reused)")
     p.add_argument("--skip-tiles", action="store_true")
     a = p.parse_args(argv)
     default = TrainConfig.model_fields["arch"].default
-    synth = a.runs / "synthetic"
-    if not (synth / "dataset.json").is_file():
-        generate(synth, SynthConfig(count=3000, seed=1))
     both = [default, PREVIOUS_DEFAULT_ARCH]
-    data = {"synthetic": (synth, [default])} | (
+    data = {"synthetic": (synthetic(a.runs), [default])} | (
         {} if a.skip_tiles or not TILES.is_dir() else {"magnetic_tile": (TILES, both)})
     result = {"module": "bench.default_backbone", "benchmark": "default_backbone", "default": default,
               "previous_default": PREVIOUS_DEFAULT_ARCH, "seeds": list(SEEDS), **compare(a.runs, data)}

@@ -6,16 +6,18 @@
   with the few-photos recipe (`SMALL_DATASET_RECIPE`: MobileNetV2, 150 epochs at 128 px, 5 % shifts).
 
 Baseline in the same run: always answering "defect" (recall 1.0, the false-reject rate it costs).
+
+    python -m bench.train_quality [--runs DIR]     # DIR keeps the data and runs; finished runs are reused
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,25 +33,46 @@ TILES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_
 
 
 def one(data: Path, out: Path, **overrides) -> dict:
-    with contextlib.redirect_stdout(sys.stderr):  # progress lines on stderr, the JSON alone on stdout
-        t0 = time.monotonic()
-        rec = train(TrainConfig(data=data, out=out, **overrides))
-        wall = time.monotonic() - t0
-        m = evaluate(out, data, target_recall=TARGET_RECALL)
-    return figures(m, wall, rec["epochs_run"])
+    """Train and evaluate `out` with the default recipe and `overrides`, unless it holds a finished run of
+    exactly that recipe and data (then its figures are read back: a run folder is kept, and reused)."""
+    cfg = TrainConfig(data=data, out=out, **overrides)
+    if finished(out, cfg) is None:
+        with contextlib.redirect_stdout(sys.stderr):  # progress lines on stderr, the JSON alone on stdout
+            train(cfg)
+            evaluate(out, data, target_recall=TARGET_RECALL)
+    return finished(out, cfg)
 
 
-def figures(m: dict, wall: float, epochs: int) -> dict:
-    """What a benchmark reports of one run, from `evaluate`'s metrics."""
+def finished(run: Path, cfg: TrainConfig) -> dict | None:
+    """The figures of the finished, evaluated run in `run` if it was trained with `cfg`'s recipe, else None."""
+    try:
+        saved = json.loads((run / "config.json").read_text())
+        m = json.loads((run / "eval" / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    recipe = cfg.model_dump(mode="json", exclude={"data", "out"})
+    if ("train_seconds" not in saved or Path(saved["data"]).resolve() != Path(cfg.data).resolve()
+            or any(saved.get(k) != v for k, v in recipe.items())):
+        return None
     t = m["threshold"]
-    return {"train_wall_s": round(wall, 1), "epochs": epochs, "accuracy": round(m["accuracy"], 4),
+    return {"train_wall_s": round(saved["train_seconds"], 1), "epochs": saved["epochs_run"],
+            "accuracy": round(m["accuracy"], 4),
             "macro_f1": round(m["macro_f1"], 4), "binary_f1": round(m["binary_argmax"]["f1"], 4),
             "binary_f1_at_threshold": round(t["test"]["f1"], 4),
             "roc_auc": round(m["roc_auc"], 4), "threshold": round(t["value"], 4),
             "test_defect_recall_at_threshold": round(t["test"]["recall"], 4),
             "test_false_reject_rate_at_threshold": round(t["test"]["false_reject_rate"], 4),
             "pointing_game": m.get("pointing_game", {}).get("hit_rate"),
-            "baseline_reject_all": {"recall": 1.0, "false_reject_rate": 1.0}}
+            "baseline_reject_all": {"recall": 1.0, "false_reject_rate": 1.0},
+            "split_sha256": saved["dataset"]["manifest_sha256"]}
+
+
+def synthetic(runs: Path, count: int = 3000) -> Path:
+    """`qc synth --count COUNT --seed 1` in runs/synthetic-COUNT, unless it is there."""
+    out = runs / f"synthetic-{count}"
+    if not (out / "dataset.json").is_file():
+        generate(out, SynthConfig(count=count, seed=1))
+    return out
 
 
 def main(argv=None) -> dict:
@@ -57,6 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--skip-tiles", action="store_true")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
+    p.add_argument("--runs", type=Path, help="keep the data and run folders here, and reuse finished runs")
     a = p.parse_args(argv)
     d = TrainConfig(data=".", out=".")
     result = {"module": "bench.train_quality", "benchmark": "train_quality",
@@ -65,12 +89,12 @@ def main(argv=None) -> dict:
                          "weights": d.weights},
               "magnetic_tile_recipe": TILE_RECIPE}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        generate(tmp / "synth", SynthConfig(count=a.count, seed=1))
+        runs = a.runs or Path(tmp)
+        synth = synthetic(runs, a.count)
         epochs = {"epochs": a.epochs} if a.epochs else {}
-        result["synthetic"] = one(tmp / "synth", tmp / "run_synth", **epochs)
+        result["synthetic"] = one(synth, runs / "synthetic-default", **epochs)
         if not a.skip_tiles and TILES.is_dir():
-            result["magnetic_tile"] = one(TILES, tmp / "run_tiles", **{**TILE_RECIPE, **epochs})
+            result["magnetic_tile"] = one(TILES, runs / "magnetic_tile-few-photos", **{**TILE_RECIPE, **epochs})
     s = result["synthetic"]
     result["targets"] = {"binary_f1": 0.98, "recall_at_threshold": 0.99, "false_rejects_max": 0.03,
                          "pointing_game": 0.8, "train_wall_s_max": 600, "magnetic_tile_accuracy": 0.95}

@@ -224,32 +224,38 @@ def test_evaluate_writes_metrics_plots_and_report(tiny_run, synth32):
 
 def test_default_backbone_bench_counts_finished_runs_and_trains_what_is_missing(tiny_run, synth32, tmp_path,
                                                                                 monkeypatch):
-    """`bench.default_backbone` reuses runs trained with `qc train` / `qc evaluate` (about 2 h of training on two
-    cores) and checks that both backbones were compared on the same splits."""
+    """The training benchmarks reuse finished runs of the same recipe and data (`qc train` / `qc evaluate` runs
+    count: the backbone comparison is about 2 h of training on two cores) and check that both backbones were
+    compared on the same splits."""
     import shutil
 
     import bench.default_backbone as bench
+    import bench.train_quality as quality
 
     evaluate(tiny_run, synth32, target_recall=0.9)
     cfg = json.loads((tiny_run / "config.json").read_text())
     archs, seed, runs = [cfg["arch"], "mobilenet_v3_small"], cfg["seed"], tmp_path / "runs"
+    recipe = {k: v for k, v in TINY.items() if k != "seed"}
+
+    def leave_run(out, **recipe):  # what `qc train` and `qc evaluate` leave, without the training
+        shutil.copytree(tiny_run, out, dirs_exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg | recipe))
+
     for arch in archs:
-        shutil.copytree(tiny_run, runs / f"synthetic-{arch}-s{seed}")
-        (runs / f"synthetic-{arch}-s{seed}" / "config.json").write_text(json.dumps(cfg | {"arch": arch}))
-    calls = []
-
-    def one(data, run, **settings):
-        calls.append((run.name, settings))
-        shutil.copytree(tiny_run / "eval", run / "eval", dirs_exist_ok=True)
-
-    monkeypatch.setattr(bench, "one", one)
-    r = bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,))
+        leave_run(runs / f"synthetic-{arch}-s{seed}", arch=arch)
+    trained = []
+    monkeypatch.setattr(quality, "train", lambda c: trained.append(c.out.name) or leave_run(
+        c.out, **c.model_dump(mode="json", exclude={"data", "out"})))
+    monkeypatch.setattr(quality, "evaluate", lambda *args, **kwargs: None)
+    r = bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe)
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
-    assert calls == [] and r["synthetic"]["same_splits_for_every_backbone"] is True
+    assert trained == [] and r["synthetic"]["same_splits_for_every_backbone"] is True
     assert r["synthetic"][archs[1]]["mean"]["accuracy"] == round(metrics["accuracy"], 4)
     (runs / f"synthetic-{archs[0]}-s{seed}" / "eval" / "metrics.json").unlink()  # evaluation never finished
-    bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,))
-    assert calls == [(f"synthetic-{archs[0]}-s{seed}", {"arch": archs[0], "seed": seed})]
+    bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe)
+    assert trained == [f"synthetic-{archs[0]}-s{seed}"]
+    bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe | {"epochs": 3})  # another recipe
+    assert len(trained) == 3
 
 
 def test_evaluate_refuses_other_classes(tiny_run, tmp_path):
