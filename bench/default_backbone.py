@@ -1,5 +1,5 @@
 """The default backbone against the one it replaced, each trained with the default recipe and no other
-setting, on three training seeds (each seed draws its own split, the same for both backbones): does the
+setting, on three training seeds (each seed draws its own split from the data, the same for both backbones): does the
 backbone the Edge TPU runs whole lose accuracy on real surfaces? On the magnetic-tile photos both are
 trained; on `qc synth --count 3000 --seed 1` the default alone, against the synthetic targets. Prints JSON:
 each run's figures and, per data set and backbone, the mean and the worst seed.
@@ -43,8 +43,9 @@ def compare(runs: Path, data: dict[str, tuple[Path, list[str]]], seeds=SEEDS, **
                 "mean": {k: round(sum(r[k] for r in per_seed.values()) / len(per_seed), 4) for k in SUMMARY},
                 "worst": {k: (max if "false_reject" in k or "wall" in k else min)(r[k] for r in per_seed.values())
                           for k in SUMMARY}}
-        splits = {seed: {result[name][a]["seeds"][seed]["split_sha256"] for a in archs} for seed in seeds}
-        result[name]["same_splits_for_every_backbone"] = all(len(s) == 1 for s in splits.values())
+        # a split is drawn from the data and the seed: the same data and seed give every backbone the same split
+        hashes = {result[name][a]["seeds"][seed]["data_sha256"] for a in archs for seed in seeds}
+        result[name]["same_data_for_every_backbone"] = len(hashes) == 1
     return result
 
 

@@ -64,7 +64,7 @@ def finished(run: Path, cfg: TrainConfig) -> dict | None:
             "test_false_reject_rate_at_threshold": round(t["test"]["false_reject_rate"], 4),
             "pointing_game": m.get("pointing_game", {}).get("hit_rate"),
             "baseline_reject_all": {"recall": 1.0, "false_reject_rate": 1.0},
-            "split_sha256": saved["dataset"]["manifest_sha256"]}
+            "data_sha256": saved["dataset"]["manifest_sha256"]}
 
 
 def synthetic(runs: Path, count: int = 3000) -> Path:

@@ -226,7 +226,7 @@ def test_default_backbone_bench_counts_finished_runs_and_trains_what_is_missing(
                                                                                 monkeypatch):
     """The training benchmarks reuse finished runs of the same recipe and data (`qc train` / `qc evaluate` runs
     count: the backbone comparison is about 2 h of training on two cores) and check that both backbones were
-    compared on the same splits."""
+    compared on the same data."""
     import shutil
 
     import bench.default_backbone as bench
@@ -249,7 +249,7 @@ def test_default_backbone_bench_counts_finished_runs_and_trains_what_is_missing(
     monkeypatch.setattr(quality, "evaluate", lambda *args, **kwargs: None)
     r = bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe)
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
-    assert trained == [] and r["synthetic"]["same_splits_for_every_backbone"] is True
+    assert trained == [] and r["synthetic"]["same_data_for_every_backbone"] is True
     assert r["synthetic"][archs[1]]["mean"]["accuracy"] == round(metrics["accuracy"], 4)
     (runs / f"synthetic-{archs[0]}-s{seed}" / "eval" / "metrics.json").unlink()  # evaluation never finished
     bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe)
