@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if isinstance(result, int):
         return result
-    if result is not None:
-        print(json.dumps(result, indent=1, default=str) if not isinstance(result, str) else result)
+    try:
+        if result is not None:
+            print(json.dumps(result, indent=1, default=str) if not isinstance(result, str) else result, flush=True)
+    except BrokenPipeError:  # the reader stopped early (`| head`): not this command's failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no error at exit
     return 0

@@ -99,6 +99,12 @@ def test_verify_and_show(bundle_dir, capsys):
     assert main(["bundle", "show", str(bundle_dir)]) == 0
     out = capsys.readouterr().out
     assert "threshold" in out and "sha256" in out and "post-training" in out
+    # a reader that stops early (`qc bundle show B | head -1`): its end of the pipe is closed before qc writes
+    proc = subprocess.Popen([sys.executable, "-m", "qc", "bundle", "show", str(bundle_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    proc.stdout.close()
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0 and "Traceback" not in err, err
 
 
 def test_existing_bundle_needs_force_and_run_needs_a_model(bundle_dir, tiny_run, tmp_path):
