@@ -106,6 +106,11 @@ class EdgeTPUTarget(Strict):
     def _plain_name(cls, v: str | None) -> str | None:
         return v if v is None else _plain_model_name(v)
 
+    @property
+    def compiled_model_file(self) -> str | None:
+        """The compiled model's file name, once compiled."""
+        return self.model_file if self.status == "compiled" else None
+
     @model_validator(mode="after")
     def _compiled_has_file(self):
         if self.status == "compiled" and not (self.model_file and self.sha256):
@@ -182,8 +187,8 @@ class Bundle:
         if backend != "edgetpu":
             return self.model_path
         target = self.card.edgetpu
-        if target and target.status == "compiled":
-            return self.path / target.model_file
+        if target and target.compiled_model_file:
+            return self.path / target.compiled_model_file
         if self.only_compiled:
             return self.model_path
         state = "is Edge TPU ready, not compiled" if target else "was not exported for the Edge TPU"
@@ -197,7 +202,7 @@ class Bundle:
 
     @property
     def compiled_for_edgetpu(self) -> bool:
-        return bool(self.card.edgetpu and self.card.edgetpu.status == "compiled") or self.only_compiled
+        return bool(self.card.edgetpu and self.card.edgetpu.compiled_model_file) or self.only_compiled
 
     @property
     def labels(self) -> list[str]:
@@ -315,8 +320,8 @@ def load_bundle(path: str | Path) -> Bundle:
                           "truncated)")
     model = path / card.model_file
     targets = [(model, card.sha256)]
-    if card.edgetpu and card.edgetpu.status == "compiled":
-        targets.append((path / card.edgetpu.model_file, card.edgetpu.sha256))
+    if card.edgetpu and card.edgetpu.compiled_model_file:
+        targets.append((path / card.edgetpu.compiled_model_file, card.edgetpu.sha256))
     for file, expected in targets:
         if not file.is_file():
             raise BundleError(f"{path}: {file.name} is missing")

@@ -83,8 +83,9 @@ def _tensor_meta(detail: dict, **extra) -> dict:
     return {"name": detail["name"], **tensor_spec(detail), **extra}
 
 
-def _edgetpu_check(model: bytes, allow_cpu_ops: bool) -> list[str]:
-    """Refuse a model the Edge TPU would not run whole (unless allowed: then say what stays on the CPU)."""
+def _edgetpu_check(model: bytes, allow_cpu_ops: bool) -> tuple[bool, list[str]]:
+    """Refuse a model the Edge TPU would not run whole (unless allowed: then say what stays on the CPU).
+    Returns whether it runs whole, and the notes for the card."""
     problems = edgetpu.check(model)
     if problems and not allow_cpu_ops:
         raise TrainingError(f"the Edge TPU would not run this model whole ({len(problems)} problem(s)): "
@@ -93,7 +94,7 @@ def _edgetpu_check(model: bytes, allow_cpu_ops: bool) -> list[str]:
     if len(model) > EDGETPU_SRAM_BYTES:
         notes.append(f"the model is {len(model) / 2**20:.1f} MiB, over the Edge TPU's 8 MiB on-chip memory: "
                      "parameters will stream from the host and inference will be slower")
-    return notes
+    return not problems, notes
 
 
 def _tflite_scores(bundle: Bundle, x: np.ndarray) -> np.ndarray:
@@ -134,7 +135,8 @@ def export(run: Path, out: Path, **settings) -> dict:
             balanced_class_weights(y_train, len(ds.classes)) if cfg.get("class_weights", True) else None,
             cfg.get("label_smoothing", 0.0), seed=cfg["seed"])  # runs from before label smoothing: none
     model = convert(cam_model, mode, rep, io_dtype, per_channel)
-    edgetpu_notes = _edgetpu_check(model, cfg_x.allow_cpu_ops) if cfg_x.edgetpu else []  # refused before any work
+    # refused before any work
+    runs_whole, edgetpu_notes = _edgetpu_check(model, cfg_x.allow_cpu_ops) if cfg_x.edgetpu else (False, [])
     threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
                   evaluation["threshold"]["target_recall"], "method": "highest threshold reaching the target defect recall",
                   "recall_interval": evaluation["threshold"].get("recall_interval")}
@@ -188,7 +190,7 @@ def export(run: Path, out: Path, **settings) -> dict:
     meta["metrics"] = {"split": "test", "n": int(len(y_test)), "float": m_float, mode: m_lite, "drop": drop,
                        "max_score_diff": float(np.abs(float_scores - lite_scores).max())}
     notes = list(edgetpu_notes)
-    if cfg_x.edgetpu and not any(n.startswith("stays on the CPU") for n in notes):
+    if runs_whole:
         if edgetpu.compiler():
             meta["edgetpu"] = edgetpu.compiled_target(staging / "model.tflite", staging)
         else:
