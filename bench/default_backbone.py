@@ -29,23 +29,23 @@ SUMMARY = ("accuracy", "binary_f1", "roc_auc", "test_defect_recall_at_threshold"
            "test_false_reject_rate_at_threshold", "train_wall_s")
 
 
-def compare(runs: Path, data: dict[str, tuple[Path, list[str]]], seeds=SEEDS, **recipe) -> dict:
-    """`data`: name -> (folder, the backbones to train on it); `recipe`: settings beyond the defaults (none
-    for the benchmark). Each run goes to runs/<name>-<arch>-s<seed>."""
+def compare(runs: Path, data: dict[str, tuple[Path, dict[str, dict]]], seeds=SEEDS, **recipe) -> dict:
+    """`data`: name -> (folder, variants: label -> settings beyond the defaults); `recipe`: settings for every
+    run (none for the benchmarks). Each run goes to runs/<name>-<label>-s<seed>."""
     result = {}
-    for name, (folder, archs) in data.items():
+    for name, (folder, variants) in data.items():
         result[name] = {}
-        for arch in archs:
-            per_seed = {seed: one(folder, runs / f"{name}-{arch}-s{seed}", arch=arch, seed=seed, **recipe)
+        for label, settings in variants.items():
+            per_seed = {seed: one(folder, runs / f"{name}-{label}-s{seed}", seed=seed, **recipe | settings)
                         for seed in seeds}
-            result[name][arch] = {
+            result[name][label] = {
                 "seeds": per_seed,
                 "mean": {k: round(sum(r[k] for r in per_seed.values()) / len(per_seed), 4) for k in SUMMARY},
                 "worst": {k: (max if "false_reject" in k or "wall" in k else min)(r[k] for r in per_seed.values())
                           for k in SUMMARY}}
-        # a split is drawn from the data and the seed: the same data and seed give every backbone the same split
-        hashes = {result[name][a]["seeds"][seed]["data_sha256"] for a in archs for seed in seeds}
-        result[name]["same_data_for_every_backbone"] = len(hashes) == 1
+        # a split is drawn from the data and the seed: the same data and seed give every variant the same split
+        hashes = {result[name][v]["seeds"][seed]["data_sha256"] for v in variants for seed in seeds}
+        result[name]["same_data_for_every_variant"] = len(hashes) == 1
     return result
 
 
@@ -56,8 +56,8 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     default = TrainConfig.model_fields["arch"].default
     both = [default, PREVIOUS_DEFAULT_ARCH]
-    data = {"synthetic": (synthetic(a.runs), [default])} | (
-        {} if a.skip_tiles or not TILES.is_dir() else {"magnetic_tile": (TILES, both)})
+    data = {"synthetic": (synthetic(a.runs), {default: {"arch": default}})} | (
+        {} if a.skip_tiles or not TILES.is_dir() else {"magnetic_tile": (TILES, {arch: {"arch": arch} for arch in both})})
     result = {"module": "bench.default_backbone", "benchmark": "default_backbone", "default": default,
               "previous_default": PREVIOUS_DEFAULT_ARCH, "seeds": list(SEEDS), **compare(a.runs, data)}
     result["meets_targets"] = meets_targets(result)

@@ -25,13 +25,15 @@ import cv2
 import numpy as np
 
 from edge.app import build_runtime
-from edge.bundle import load_bundle
+from edge.bundle import Bundle, Tiling, load_bundle
 from edge.classifiers import make_classifier
 from edge.config import EdgeConfig, validate_config
 from edge.decision import decide
+from edge.pipeline import _views
 from edge.preprocess import prepare
 from edge.sources import Frame, Paced
 from edge.telemetry import MemoryTelemetry
+from edge.tiles import corners
 
 __all__ = ["backbone_invoke", "run_benchmark"]
 
@@ -165,6 +167,36 @@ def backbone_invoke(size: int, n: int) -> dict:
             "int8_invoke_ms": ms, "previous_over_default": round(ms[PREVIOUS_DEFAULT_ARCH] / ms[default], 2)}
 
 
+TILED_FRAMES = ((270, 324), (480, 640))  # a magnetic-tile photo, a VGA frame
+
+
+def tiles_per_frame(clf, frame: np.ndarray, n: int) -> dict:
+    """Milliseconds per frame (decoded, to decision scores) of the bench's model on the whole frame resized
+    once, against the same model on the frame's tiles at its own resolution, one after another as the
+    pipeline runs them (`qc train` chooses tiles when small defects would vanish in the resize)."""
+    from training.recipe import TILE_OVERLAP
+
+    bundle = clf.bundle
+    size = bundle.input_size[0]
+    tiled = Bundle(bundle.path, bundle.card.model_copy(
+        update={"tiling": Tiling(size=size, overlap=round(size * TILE_OVERLAP))}))
+
+    def inspect(b: Bundle, img: np.ndarray) -> None:
+        for view in _views(img, b, True, None)[0]:
+            clf.infer(view)
+
+    result = {"tile": size, "overlap": tiled.tiling.overlap}
+    for shape in TILED_FRAMES:
+        img = cv2.resize(frame, shape[::-1], interpolation=cv2.INTER_AREA)
+        k = max(5, n // 10)
+        whole = 1000 / _rate(lambda img=img: inspect(bundle, img), k)
+        per_tiles = 1000 / _rate(lambda img=img: inspect(tiled, img), k)
+        result[f"{shape[1]}x{shape[0]}"] = {"tiles": len(corners(shape, size, tiled.tiling.overlap)),
+                                           "whole_frame_ms": round(whole, 3), "tiles_ms": round(per_tiles, 3),
+                                           "tiles_over_whole": round(per_tiles / whole, 2)}
+    return result
+
+
 def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = None, seconds: float = 5.0,
                   workers: int | None = None, warmup: float = 1.0) -> dict:
     """`num_threads` and `workers` None take `qc run`'s defaults."""
@@ -217,6 +249,7 @@ def run_benchmark(bundle_path: Path, n: int = 200, num_threads: int | None = Non
             "offered_per_s", "not_inspected", "latency_p50_ms", "latency_p99_ms")} for share, run in slower.items()],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    result["per_frame_whole_and_tiles"] = tiles_per_frame(clf, frames[0], n)
     # last, after peak RSS: TensorFlow would count in the box's memory otherwise
     result["backbones_int8_invoke_cpu"] = backbone_invoke(h, n)
     result["ratios"] = {

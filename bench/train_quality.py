@@ -3,7 +3,7 @@
 - `qc synth --count 3000 --seed 1`: binary F1 on test, defect recall and false rejects at the threshold
   chosen on val for 99 % recall, pointing-game hit rate, training wall time.
 - the real magnetic-tile photos in ../shared/datasets/: accuracy, macro F1, defect recall on a held-out split,
-  with the few-photos recipe (`SMALL_DATASET_RECIPE`: MobileNetV2, 150 epochs at 128 px, 5 % shifts).
+  with no flags either (the recipe chooses tiles there, see training/recipe.py).
 
 Baseline in the same run: always answering "defect" (recall 1.0, the false-reject rate it costs).
 
@@ -23,7 +23,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.record import emit  # noqa: E402
-from training.config import SMALL_DATASET_RECIPE as TILE_RECIPE  # noqa: E402
 from training.config import TARGET_RECALL, TrainConfig  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.synth import SynthConfig, generate  # noqa: E402
@@ -52,7 +51,7 @@ def finished(run: Path, cfg: TrainConfig) -> dict | None:
         return None
     recipe = cfg.model_dump(mode="json", exclude={"data", "out"})
     if ("train_seconds" not in saved or Path(saved["data"]).resolve() != Path(cfg.data).resolve()
-            or any(saved.get(k) != v for k, v in recipe.items())):
+            or not _same(recipe, saved)):
         return None
     t = m["threshold"]
     return {"train_wall_s": round(saved["train_seconds"], 1), "epochs": saved["epochs_run"],
@@ -67,6 +66,13 @@ def finished(run: Path, cfg: TrainConfig) -> dict | None:
             "data_sha256": saved["dataset"]["manifest_sha256"]}
 
 
+def _same(asked: dict, saved: dict) -> bool:
+    """Whether a saved run's settings are those asked for; a setting left to the recipe (None) matches the
+    value the recipe chose for it."""
+    return all(_same(v, saved.get(k) or {}) if isinstance(v, dict) else v is None or saved.get(k) == v
+               for k, v in asked.items())
+
+
 SYNTHETIC_TARGETS = {"binary_f1": 0.98, "recall_at_threshold": 0.99, "false_rejects_max": 0.03, "pointing_game": 0.8}
 
 
@@ -76,6 +82,16 @@ def meets_synthetic_targets(s: dict) -> bool:
     return (s["binary_f1"] >= t["binary_f1"] and s["test_defect_recall_at_threshold"] >= t["recall_at_threshold"]
             and s["test_false_reject_rate_at_threshold"] <= t["false_rejects_max"]
             and (s["pointing_game"] or 0) >= t["pointing_game"])
+
+
+TILE_TARGETS = {"accuracy": 0.97, "recall_at_threshold": 0.99, "false_rejects_max": 0.05}
+
+
+def meets_tile_targets(r: dict | None) -> bool:
+    """One magnetic-tile run's figures against #23's targets (True when the tiles were skipped)."""
+    t = TILE_TARGETS
+    return r is None or (r["accuracy"] >= t["accuracy"] and r["test_defect_recall_at_threshold"] >= t["recall_at_threshold"]
+                         and r["test_false_reject_rate_at_threshold"] <= t["false_rejects_max"])
 
 
 def synthetic(runs: Path, count: int = 3000) -> Path:
@@ -90,26 +106,25 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--skip-tiles", action="store_true")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
     p.add_argument("--runs", type=Path, help="keep the data and run folders here, and reuse finished runs")
     a = p.parse_args(argv)
     d = TrainConfig(data=".", out=".")
     result = {"module": "bench.train_quality", "benchmark": "train_quality",
-              "recipe": {"defaults of": "qc train", "arch": d.arch, "alpha": d.alpha, "input_size": d.input_size,
-                         "epochs": d.epochs, "lr_schedule": d.lr_schedule, "translation": d.augment.translation,
-                         "weights": d.weights},
-              "magnetic_tile_recipe": TILE_RECIPE}
+              "recipe": {"defaults of": "qc train", "arch": d.arch, "alpha": d.alpha, "steps": d.steps,
+                         "lr_schedule": d.lr_schedule, "weights": d.weights}}
     with tempfile.TemporaryDirectory() as tmp:
         runs = a.runs or Path(tmp)
         synth = synthetic(runs, a.count)
-        epochs = {"epochs": a.epochs} if a.epochs else {}
-        result["synthetic"] = one(synth, runs / "synthetic-default", **epochs)
+        steps = {"steps": a.steps} if a.steps else {}
+        result["synthetic"] = one(synth, runs / "synthetic-default", **steps)
         if not a.skip_tiles and TILES.is_dir():
-            result["magnetic_tile"] = one(TILES, runs / "magnetic_tile-few-photos", **{**TILE_RECIPE, **epochs})
+            result["magnetic_tile"] = one(TILES, runs / "magnetic_tile-default", **steps)
     s = result["synthetic"]
-    result["targets"] = SYNTHETIC_TARGETS | {"train_wall_s_max": 600, "magnetic_tile_accuracy": 0.95}
+    result["targets"] = SYNTHETIC_TARGETS | {"train_wall_s_max": 600} | {f"magnetic_tile_{k}": v for k, v in
+                                                                        TILE_TARGETS.items()}
     result["meets_targets"] = (meets_synthetic_targets(s) and s["train_wall_s"] <= 600
-                               and result.get("magnetic_tile", {"accuracy": 1.0})["accuracy"] >= 0.95)
+                               and meets_tile_targets(result.get("magnetic_tile")))
     return emit(result)
 
 

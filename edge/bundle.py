@@ -28,7 +28,7 @@ from edge.preprocess import RESIZE_METHODS
 from firmware_io.errors import ConfigError
 from firmware_io.settings import Strict, validated
 
-__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Bundle", "BundleCard", "BundleError", "card_sha256",
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "Bundle", "BundleCard", "BundleError", "Tiling", "card_sha256",
            "check_tensors", "load_bundle", "tensor_spec", "write_bundle", "write_card"]
 
 FORMAT_VERSION = 2
@@ -118,6 +118,19 @@ class EdgeTPUTarget(Strict):
         return self
 
 
+class Tiling(Strict):
+    """A model that inspects a frame as overlapping tiles at the frame's own resolution (edge/tiles.py)."""
+
+    size: int = Field(ge=16, description="tile side in frame pixels: the model's input side, no resize")
+    overlap: int = Field(ge=0, description="pixels neighbouring tiles share")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self):
+        if self.overlap >= self.size:
+            raise ValueError(f"tile overlap {self.overlap} must be less than the tile size {self.size}")
+        return self
+
+
 class BundleCard(Strict):
     format_version: int = Field(description=f"{FORMAT_VERSION}; this runtime reads {READABLE_VERSIONS}")
     name: str = Field(min_length=1)
@@ -127,6 +140,7 @@ class BundleCard(Strict):
     output: OutputTensor
     cam: CamTensor | None = Field(None, description="the class activation map output, when the model has one")
     threshold: Threshold
+    tiling: Tiling | None = Field(None, description="set when the model inspects tiles rather than the resized frame")
     quantization: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(description="float and exported figures on the test split")
     training: dict[str, Any] = Field(description="arch, seed, dataset hash, run")
@@ -154,6 +168,8 @@ class BundleCard(Strict):
     def _version_fields(self):
         if self.format_version >= 2 and self.card_sha256 is None:
             raise ValueError("format 2 needs card_sha256")
+        if self.tiling and self.input.shape[1:3] != [self.tiling.size] * 2:
+            raise ValueError(f"tiling.size {self.tiling.size} differs from the input shape {self.input.shape}")
         return self
 
 
@@ -218,6 +234,10 @@ class Bundle:
         return h, w
 
     @property
+    def tiling(self) -> Tiling | None:
+        return self.card.tiling
+
+    @property
     def resize(self) -> str:
         """How frames are resized to the input, as in training (`preprocess.RESIZE_METHODS`)."""
         return self.card.input.resize
@@ -243,6 +263,7 @@ class Bundle:
             f"labels    {c.labels}",
             f"input     {i.shape} {i.dtype} scale {i.scale} zero point {i.zero_point} {i.color} resize {i.resize}",
             f"output    {c.output.kind}",
+            f"tiles     {f'{c.tiling.size} px, {c.tiling.overlap} px overlap, at the frame resolution' if c.tiling else 'none: the frame is resized to the input'}",
             f"edge tpu  {c.edgetpu.status + (' ' + c.edgetpu.model_file if c.edgetpu.model_file else '') if c.edgetpu else 'not exported for it'}",
             f"threshold {c.threshold.value:.4f} ({c.threshold.method})" + (
                 " recall {:.3f}-{:.3f} (95 %)".format(*c.threshold.recall_interval) if c.threshold.recall_interval else ""),

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import tiles
 from edge.bundle import Bundle, load_bundle
 from edge.classifiers import Classifier, make_classifier
 from edge.config import EdgeConfig
-from edge.decision import Decision, decide, failsafe
+from edge.decision import Decision, decide, defect_scores, failsafe
 from edge.errors import EdgeError
 from edge.localize import box, defect_map
-from edge.preprocess import prepare
+from edge.preprocess import crop, prepare, to_rgb
 from edge.sources import Frame
 from edge.stats import Stats
 from edge.store import RejectStore
@@ -69,6 +70,13 @@ def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str 
     if not np.all(np.isfinite(scores)) or len(scores) != len(bundle.labels):
         raise EdgeError(f"{path}: a test inference gave {scores}, not {len(bundle.labels)} finite scores")
     return bundle, clf
+
+
+def _views(image: np.ndarray, bundle: Bundle, bgr: bool, roi) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """What the model inspects of a frame: its tiles at the frame's resolution, or the frame resized."""
+    if bundle.tiling:
+        return tiles.cut(to_rgb(crop(image, roi), bgr=bgr), bundle.tiling.size, bundle.tiling.overlap)
+    return prepare(image, bundle.input_size, bundle.resize, bgr=bgr, roi=roi)[None], [(0, 0)]
 
 
 @dataclass
@@ -262,16 +270,17 @@ class Runtime:
         roi = self.cfg.pipeline.roi
         td = time.monotonic()
         try:
-            rgb = prepare(frame.image, model.bundle.input_size, model.bundle.resize,
-                          bgr=self.cfg.source.bgr, roi=roi)
+            views, corners = _views(frame.image, model.bundle, self.cfg.source.bgr, roi)
         except Exception as exc:
             frame.error = f"preprocess: {exc}"
             return self._finish(part, failsafe("failsafe", on_error))
         t1 = time.monotonic()
         slot = worker % len(model.classifiers)
         try:
-            with model.locks[slot]:
-                result = model.classifiers[slot].infer(rgb)
+            with model.locks[slot]:  # tiles one after another, batch 1, as the Edge TPU runs them
+                results = [model.classifiers[slot].infer(v) for v in views]
+            worst = max(range(len(results)), key=lambda i: defect_scores(results[i].scores, model.bundle.good_index))
+            result = results[worst]
             d = decide(result.scores, model.bundle.labels, self.threshold, model.bundle.good_index,
                        self.cfg.decision.class_thresholds)
         except Exception as exc:
@@ -283,9 +292,14 @@ class Runtime:
         bbox = None
         if d.decision == "reject" and result.cam is not None:
             shape = (roi[3], roi[2]) if roi else frame.image.shape[:2]
+            offset = (roi[0], roi[1]) if roi else (0, 0)
+            dmap = defect_map(result.cam, model.bundle.good_index)
             try:
-                bbox = box(defect_map(result.cam, model.bundle.good_index), shape,
-                           offset=(roi[0], roi[1]) if roi else (0, 0))
+                if model.bundle.tiling:
+                    bbox = box(dmap, views[worst].shape[:2])
+                    bbox = bbox and tiles.to_frame(bbox, corners[worst], shape, offset)
+                else:
+                    bbox = box(dmap, shape, offset=offset)
             except Exception as exc:  # the decision stands without a box
                 self.alarm("localize_failed", f"part {frame.seq}: {exc}")
         self._finish(part, d, bbox, model.bundle)

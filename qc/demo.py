@@ -84,7 +84,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
                  progress=lambda done, total: bar.update(done - bar.n))
 
     cfg = TrainConfig(data=data, out=run, seed=seed, **recipe["train"])
-    step(2, f"train the default recipe, {cfg.epochs} epochs at {cfg.input_size} px (one line per epoch)")
+    step(2, "train: the recipe chosen from the data (printed first), then one line per epoch")
     train(cfg)
 
     step(3, "evaluate: metrics, a reject threshold for 99 % defect recall, report")

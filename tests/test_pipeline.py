@@ -390,6 +390,8 @@ def test_bench_reports_stages_naive_loop_capacity_and_latency_at_line_rate(bundl
     assert backbones["default"] == "mobilenet_v3_small_minimalistic" != backbones["previous_default"]
     assert set(backbones["int8_invoke_ms"]) == {backbones["default"], backbones["previous_default"]}
     assert min(backbones["int8_invoke_ms"].values()) > 0 and backbones["input_size"] == 32
+    tiled = r["per_frame_whole_and_tiles"]  # a 640 x 480 frame holds 27 x 20 tiles of 32 px with 8 px overlap
+    assert tiled["640x480"]["tiles"] == 540 and min(tiled["640x480"]["tiles_ms"], tiled["640x480"]["whole_frame_ms"]) > 0
     assert json.loads(json.dumps(r)) == r  # printable as JSON
 
 

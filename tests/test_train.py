@@ -8,10 +8,9 @@ import training.train
 from edge.errors import QCError
 from qc.cli import main
 from training import model as models
+from training import recipe
 from training.config import PLATEAU_PATIENCE, TrainConfig
 from training.evaluate import (
-    binary_report,
-    choose_threshold,
     evaluate,
     explain,
     pointing_game,
@@ -133,9 +132,10 @@ def test_label_smoothing_spreads_the_target():
 
 
 def test_patience_lets_a_cosine_run_anneal_to_its_end():
-    assert TrainConfig(data=".", out=".", epochs=30).patience == 30
-    assert TrainConfig(data=".", out=".", lr_schedule="plateau").patience == PLATEAU_PATIENCE
-    assert TrainConfig(data=".", out=".", patience=3).patience == 3
+    assert recipe.schedule(TrainConfig(data=".", out=".", epochs=30), 100, "images")[0].patience == 30
+    plateau = TrainConfig(data=".", out=".", lr_schedule="plateau")
+    assert recipe.schedule(plateau, 100, "images")[0].patience == PLATEAU_PATIENCE
+    assert recipe.schedule(TrainConfig(data=".", out=".", patience=3), 100, "images")[0].patience == 3
 
 
 def test_alpha_default_follows_the_architecture():
@@ -175,15 +175,6 @@ def test_cam_model_matches_the_classifier(tiny_run):
     np.testing.assert_allclose(probs, net.predict(x, verbose=0), atol=1e-5)
     assert cam.shape[-1] == probs.shape[-1]
     np.testing.assert_allclose(cam.sum(-1), 1, atol=1e-5)
-
-
-def test_threshold_is_the_highest_that_reaches_target_recall():
-    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.05, 0.3, 0.01])
-    is_defect = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
-    assert choose_threshold(scores, is_defect, 1.0) == 0.2
-    assert choose_threshold(scores, is_defect, 0.75) == 0.7
-    rep = binary_report(scores, is_defect, 0.2)
-    assert rep["recall"] == 1.0 and rep["false_reject_rate"] == 0.25 and rep["escape_rate"] == 0.0
 
 
 def test_the_recall_a_threshold_can_be_trusted_with_narrows_with_more_defects():
@@ -247,14 +238,15 @@ def test_default_backbone_bench_counts_finished_runs_and_trains_what_is_missing(
     monkeypatch.setattr(quality, "train", lambda c: trained.append(c.out.name) or leave_run(
         c.out, **c.model_dump(mode="json", exclude={"data", "out"})))
     monkeypatch.setattr(quality, "evaluate", lambda *args, **kwargs: None)
-    r = bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe)
+    variants = {"synthetic": (synth32, {arch: {"arch": arch} for arch in archs})}
+    r = bench.compare(runs, variants, seeds=(seed,), **recipe)
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
-    assert trained == [] and r["synthetic"]["same_data_for_every_backbone"] is True
+    assert trained == [] and r["synthetic"]["same_data_for_every_variant"] is True
     assert r["synthetic"][archs[1]]["mean"]["accuracy"] == round(metrics["accuracy"], 4)
     (runs / f"synthetic-{archs[0]}-s{seed}" / "eval" / "metrics.json").unlink()  # evaluation never finished
-    bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe)
+    bench.compare(runs, variants, seeds=(seed,), **recipe)
     assert trained == [f"synthetic-{archs[0]}-s{seed}"]
-    bench.compare(runs, {"synthetic": (synth32, archs)}, seeds=(seed,), **recipe | {"epochs": 3})  # another recipe
+    bench.compare(runs, variants, seeds=(seed,), **recipe | {"epochs": 3})  # another recipe
     assert len(trained) == 3
 
 

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from firmware_io.settings import Strict
 
-__all__ = ["ARCHITECTURES", "DEFECTS", "PLATEAU_PATIENCE", "SMALL_DATASET_RECIPE", "TARGET_RECALL",
+__all__ = ["ARCHITECTURES", "DEFECTS", "FALSE_REJECT_BUDGET", "PLATEAU_PATIENCE", "TARGET_RECALL",
            "AugmentConfig", "ExportConfig", "SynthConfig", "TrainConfig"]
 
 
@@ -30,13 +30,9 @@ ARCHITECTURES = {
     "mobilenet_v3_large": Backbone("MobileNetV3Large", 1.0),
 }
 Arch = Literal[tuple(ARCHITECTURES)]
-# A few hundred photos make ~30 steps an epoch, too few in the default 55 epochs: on the magnetic tiles (128 px,
-# where their smallest defects keep 4-8 px) 100 epochs reached accuracy 0.93-0.955 and 150 reached 0.95-0.98,
-# with MobileNetV2 (MobileNetV3-Small with hard-swish reached 0.931 where V2 reached 0.950).
-# Shifts stay at 5 %: at 20 % (the default) the tiles' accuracy fell from 0.950 to 0.817.
-SMALL_DATASET_RECIPE = {"arch": "mobilenet_v2", "epochs": 150, "input_size": 128, "augment": {"translation": 0.05}}
 PLATEAU_PATIENCE = 8
 TARGET_RECALL = 0.99  # the defect recall a reject threshold is chosen for, on the validation split
+FALSE_REJECT_BUDGET = 0.02  # the share of good parts a threshold may reject to catch more defects
 DEFECTS = ("scratch", "spot", "crack", "stain")  # what the synthetic generator paints
 
 
@@ -44,7 +40,8 @@ class AugmentConfig(Strict):
     """Random augmentation applied to training batches only; 0 turns one off."""
 
     rotation: float = Field(0.05, ge=0, le=0.5, description="max rotation as a fraction of a full turn")
-    translation: float = Field(0.2, ge=0, le=0.5, description="max random shift as a fraction of the size")
+    translation: float | None = Field(None, ge=0, le=0.5, description="max random shift as a fraction of the size "
+                                      "(default: chosen from the data by `qc train`, see training/recipe.py)")
     flip: bool = Field(True, description="random horizontal and vertical flips")
     zoom: float = Field(0.1, ge=0, le=0.5, description="max zoom in or out as a fraction")
     brightness: float = Field(0.1, ge=0, le=1, description="max brightness change as a fraction of 255")
@@ -59,10 +56,17 @@ class TrainConfig(Strict):
     arch: Arch = Field("mobilenet_v3_small_minimalistic", description="backbone from Keras applications")
     alpha: float | None = Field(None, gt=0, le=1.4, description="width multiplier of the backbone (default: "
                                 + ", ".join(f"{b.default_alpha} for {a}" for a, b in ARCHITECTURES.items()) + ")")
-    input_size: int = Field(96, ge=32, le=512, description="square model input side in pixels (96: twice the "
-                            "steps of 128 in the same time)")
+    input_size: int | None = Field(None, ge=32, le=512, description="square model input side in pixels, and the tile "
+                                   "side when tiling (default: chosen from the data)")
     weights: str = Field("none", description="none (from scratch), imagenet, or a local weights file")
-    epochs: int = Field(55, ge=1, description="maximum epochs (early stopping may end sooner)")
+    steps: int = Field(3600, ge=1, description="optimizer steps of the whole run: the epochs follow from the "
+                       "dataset's size (3600: 55 epochs of 2,100 images, 120 of 939)")
+    epochs: int | None = Field(None, ge=1, description="epochs instead of --steps")
+    tiles: Literal["auto", "on", "off"] = Field("auto", description="inspect overlapping tiles at the photos' own "
+                                                "resolution; auto: when the smallest defects would lose their pixels "
+                                                "in a photo resized to the input")
+    min_defect_px: int | None = Field(None, ge=1, description="the smallest defect's size in photo pixels (default: "
+                                      "measured on the defect masks)")
     head_epochs: int = Field(5, ge=0, description="with pretrained weights: epochs with the backbone frozen")
     batch_size: int = Field(32, ge=1, description="images per step")
     optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="optimizer")
@@ -95,8 +99,6 @@ class TrainConfig(Strict):
     def _resolve_defaults(self):
         if self.alpha is None:
             self.alpha = ARCHITECTURES[self.arch].default_alpha
-        if self.patience is None:
-            self.patience = self.epochs if self.lr_schedule == "cosine" else PLATEAU_PATIENCE
         return self
 
 

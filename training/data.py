@@ -13,17 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import tiles
 from edge.decision import GOOD
 from edge.images import IMAGE_EXTS, ImageError
 from edge.images import decode as decode_image
 from edge.preprocess import resize, to_rgb
 from training.errors import TrainingError
 
-__all__ = ["GOOD", "SPLIT_FRACTIONS", "DatasetError", "Item", "Dataset", "scan", "load_arrays", "read_rgb",
-           "load_mask", "split_sizes"]
+__all__ = ["GOOD", "SPLIT_FRACTIONS", "DatasetError", "Item", "Dataset", "Views", "scan", "load_arrays", "load_views",
+           "read_rgb", "load_mask", "split_sizes", "tile_labels"]
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SPLIT_NAMES = tuple(SPLIT_FRACTIONS)
+# a tile is a defect when it holds this share of its photo's defect pixels or this many of them; a tile with
+# fewer (a sliver of a defect at its edge) is left out of training: neither label is true of it
+DEFECT_TILE_SHARE, DEFECT_TILE_PIXELS = 0.5, 64
 RESERVED = {"masks", "ground_truth"}
 
 
@@ -250,3 +254,60 @@ def load_arrays(ds: Dataset, split: str, size: int, with_masks: bool = False):
     y = np.array([ds.class_index[it.label] for it in items], np.int64)
     return x, y, masks
 
+
+
+@dataclass
+class Views:
+    """What a model sees of a split: one resized photo each, or each photo's tiles. `y` labels each view (on
+    tiles from the photo's mask; -1 where it cannot say), `owner` is the photo a view came from, `labels` the
+    photos' own labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    masks: np.ndarray | None
+    has_mask: np.ndarray
+    owner: np.ndarray
+    labels: np.ndarray
+
+    def labelled(self) -> Views:
+        """The views whose label is known: what training and its validation loss use."""
+        keep = self.y >= 0
+        return Views(self.x[keep], self.y[keep], None if self.masks is None else self.masks[keep],
+                     self.has_mask[keep], self.owner[keep], self.labels)
+
+
+def tile_labels(mask_tiles: np.ndarray, total: int, label: int, good: int) -> np.ndarray:
+    """Each tile's label from the defect pixels it holds of the photo's `total` (see DEFECT_TILE_SHARE): the
+    photo's label, good, or -1; all -1 on a defect photo whose mask is empty or missing (total 0)."""
+    if label == good:
+        return np.full(len(mask_tiles), good)
+    if not total:
+        return np.full(len(mask_tiles), -1)
+    inside = mask_tiles.reshape(len(mask_tiles), -1).sum(1)
+    whole = inside >= min(DEFECT_TILE_PIXELS, DEFECT_TILE_SHARE * total)
+    return np.where(inside == 0, good, np.where(whole, label, -1))
+
+
+def load_views(ds: Dataset, split: str, size: int, tiling=None, with_masks: bool = False) -> Views:
+    """A split as the model sees it: photos resized to `size`, or with `tiling` (edge.bundle.Tiling) their
+    tiles at the photos' own resolution, cut by the same code as on the box."""
+    items = ds.split(split)
+    labels = np.array([ds.class_index[it.label] for it in items], np.int64)
+    if tiling is None:
+        known = np.array([it.mask is not None for it in items], bool)
+        x, y, masks = load_arrays(ds, split, size, with_masks)
+        return Views(x, y, masks, known, np.arange(len(items)), labels)
+    good = ds.class_index[GOOD]
+    xs, ys, ms, hs, owner = [], [], [], [], []
+    for i, it in enumerate(items):
+        rgb = read_rgb(it.path)
+        mask = load_mask(it.mask, rgb.shape[:2]) if it.mask is not None else np.zeros(rgb.shape[:2], bool)
+        views, _ = tiles.cut(rgb, tiling.size, tiling.overlap)
+        mask_views, _ = tiles.cut(mask, tiling.size, tiling.overlap)
+        xs.append(views)
+        ys.append(tile_labels(mask_views, int(mask.sum()), labels[i], good))
+        ms.append(mask_views)
+        hs.append(np.full(len(views), it.mask is not None))
+        owner.append(np.full(len(views), i))
+    return Views(np.concatenate(xs), np.concatenate(ys), np.concatenate(ms) if with_masks else None,
+                 np.concatenate(hs), np.concatenate(owner), labels)

@@ -16,12 +16,19 @@ from edge.bundle import Bundle, BundleError, load_bundle, tensor_spec, write_bun
 from edge.classifiers import make_classifier
 from edge.classifiers.base import import_interpreter
 from edge.decision import GOOD, defect_scores
+from edge.tiles import worst
 from firmware_io.settings import validated
-from training import data, edgetpu
+from training import data, edgetpu, recipe
 from training import model as models
 from training.config import ExportConfig
 from training.errors import TrainingError
-from training.evaluate import binary_report, choose_threshold, decision_report, recall_interval
+from training.evaluate import (
+    THRESHOLD_METHOD,
+    binary_report,
+    choose_threshold,
+    decision_report,
+    recall_interval,
+)
 from training.quiet import captured_output
 
 __all__ = ["convert", "export", "representative_indices"]
@@ -97,6 +104,11 @@ def _edgetpu_check(model: bytes, allow_cpu_ops: bool) -> tuple[bool, list[str]]:
     return not problems, notes
 
 
+def _photo_probs(probs: np.ndarray, views: data.Views, good: int) -> np.ndarray:
+    """Per photo, the probabilities of its worst view (its only one without tiles)."""
+    return worst(probs, views.owner, len(views.labels), good)[0]
+
+
 def _tflite_scores(bundle: Bundle, x: np.ndarray) -> np.ndarray:
     clf = make_classifier(bundle, "cpu")
     return np.stack([clf.infer(img).scores for img in x])
@@ -119,26 +131,28 @@ def export(run: Path, out: Path, **settings) -> dict:
     ds = data.scan(cfg_x.data or cfg["dataset"]["root"], seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
     if ds.classes != cfg["classes"]:
         raise TrainingError(f"the model was trained on classes {cfg['classes']}, but the data has {ds.classes}")
-    size, good = net.input.shape[1], ds.class_index[GOOD]
+    size, good, tiling = net.input.shape[1], ds.class_index[GOOD], recipe.run_tiling(cfg)
     cam_model = models.with_cam(net, logits=True)
-    x_train, y_train, _ = data.load_arrays(ds, "train", size)
+    train_views = data.load_views(ds, "train", size, tiling)
+    x_train, y_train = train_views.x, train_views.y  # on tiles, -1 (a sliver of a defect) is a group of its own
     rep = x_train[representative_indices(y_train, cfg_x.representative, cfg["seed"])]
     evaluation = json.loads((run / "eval" / "metrics.json").read_text()) if (run / "eval" / "metrics.json").exists() else None
     if qat_epochs or evaluation:  # fine-tuning validates on it; the threshold is chosen again on it
-        x_val, y_val, _ = data.load_arrays(ds, "val", size)
+        val_views = data.load_views(ds, "val", size, tiling)
     if qat_epochs:
         from training import qat
         from training.train import balanced_class_weights
 
+        t_train, t_val = train_views.labelled(), val_views.labelled()
         cam_model = qat.quantization_aware(
-            net, cfg["arch"], cfg["alpha"], (x_train, y_train), (x_val, y_val), qat_epochs,
-            balanced_class_weights(y_train, len(ds.classes)) if cfg.get("class_weights", True) else None,
+            net, cfg["arch"], cfg["alpha"], (t_train.x, t_train.y), (t_val.x, t_val.y), qat_epochs,
+            balanced_class_weights(t_train.y, len(ds.classes)) if cfg.get("class_weights", True) else None,
             cfg.get("label_smoothing", 0.0), seed=cfg["seed"])  # runs from before label smoothing: none
     model = convert(cam_model, mode, rep, io_dtype, per_channel)
     # refused before any work
     runs_whole, edgetpu_notes = _edgetpu_check(model, cfg_x.allow_cpu_ops) if cfg_x.edgetpu else (False, [])
     threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
-                  evaluation["threshold"]["target_recall"], "method": "highest threshold reaching the target defect recall",
+                  evaluation["threshold"]["target_recall"], "method": THRESHOLD_METHOD,
                   "recall_interval": evaluation["threshold"].get("recall_interval")}
                  if evaluation else {"value": 0.5, "method": "default: run `qc evaluate` to choose one"})
     interpreter_cls, _ = import_interpreter()
@@ -154,6 +168,7 @@ def export(run: Path, out: Path, **settings) -> dict:
         "output": _tensor_meta(logits_d, kind="logits"),
         "cam": _tensor_meta(cam_d, kind="logits-per-location", good_index=good),
         "threshold": threshold,
+        "tiling": cfg.get("tiling"),
         "quantization": {"mode": mode, "representative_images": len(rep),
                          "method": f"quantization-aware fine-tuning, {qat_epochs} epoch{'s' * (qat_epochs > 1)}" if qat_epochs
                          else "post-training",
@@ -168,15 +183,18 @@ def export(run: Path, out: Path, **settings) -> dict:
     bundle = write_bundle(staging, model, meta)
     if evaluation:
         # the threshold is chosen again on val with the exported model's own scores, which quantization moves
-        lite_val = defect_scores(_tflite_scores(bundle, x_val), good)
-        value = choose_threshold(lite_val, y_val != good, threshold["target_recall"])
+        lite_val = defect_scores(_photo_probs(_tflite_scores(bundle, val_views.x), val_views, good), good)
+        photo_defect = val_views.labels != good
+        value = choose_threshold(lite_val, photo_defect, threshold["target_recall"])
         threshold = threshold | {"value": value, "float_value": threshold["value"], "chosen_with": f"the {mode} model",
-                                 "recall_interval": recall_interval(lite_val, y_val != good, value)}
+                                 "recall_interval": recall_interval(lite_val, photo_defect, value)}
         meta["threshold"] = threshold
     # float vs exported on the test split, each at the threshold chosen for it
-    x_test, y_test, _ = data.load_arrays(ds, "test", size)
+    test = data.load_views(ds, "test", size, tiling)
+    y_test = test.labels
     is_defect = y_test != good
-    float_probs, lite_probs = net.predict(x_test.astype(np.float32), verbose=0), _tflite_scores(bundle, x_test)
+    float_probs = _photo_probs(net.predict(test.x.astype(np.float32), verbose=0), test, good)
+    lite_probs = _photo_probs(_tflite_scores(bundle, test.x), test, good)
     float_scores, lite_scores = defect_scores(float_probs, good), defect_scores(lite_probs, good)
     m_float = binary_report(float_scores, is_defect, threshold.get("float_value", threshold["value"]))
     m_lite = binary_report(lite_scores, is_defect, threshold["value"])

@@ -14,13 +14,15 @@ import numpy as np
 import tensorflow as tf
 
 from edge.decision import GOOD
-from training import data, plots
+from edge.tiles import worst
+from training import data, plots, recipe
 from training import model as models
-from training.config import SMALL_DATASET_RECIPE, TrainConfig
+from training.config import TrainConfig
 from training.errors import TrainingError
 from training.input_pipeline import make_dataset
 
-__all__ = ["SMALL_DATASET_RECIPE", "TrainConfig", "train"]
+__all__ = ["TrainConfig", "train"]
+
 
 def _optimizer(cfg: TrainConfig, lr: float):
     if cfg.optimizer == "sgd":
@@ -133,10 +135,13 @@ def train(cfg: TrainConfig) -> dict:
     tf.config.experimental.enable_op_determinism()
     ds = data.scan(cfg.data, seed=cfg.seed, skip_bad=cfg.skip_bad)
     print(ds.summary(), flush=True)
-    x_train, y_train, m_train = data.load_arrays(ds, "train", cfg.input_size, with_masks=True)
-    x_val, y_val, m_val = data.load_arrays(ds, "val", cfg.input_size, with_masks=True)
-    h_train = np.array([it.mask is not None for it in ds.split("train")], bool)
-    h_val = np.array([it.mask is not None for it in ds.split("val")], bool)
+    plan = recipe.choose(ds, cfg)
+    train_views = data.load_views(ds, "train", plan.cfg.input_size, plan.tiling, with_masks=True)
+    val_views = data.load_views(ds, "val", plan.cfg.input_size, plan.tiling, with_masks=True)
+    t_train, t_val = train_views.labelled(), val_views.labelled()
+    cfg, steps = recipe.schedule(plan.cfg, len(t_train.y), "labelled tiles" if plan.tiling else "images")
+    for line in [*plan.reasons, steps]:
+        print(f"recipe: {line}", flush=True)
     if cfg.init_from:
         net = models.load(cfg.init_from)
         old = json.loads((Path(cfg.init_from) / "config.json").read_text())["classes"]
@@ -150,18 +155,18 @@ def train(cfg: TrainConfig) -> dict:
                            cfg.pooling)
     pretrained = models.pretrained_weights(cfg.weights) and not cfg.init_from
     good = ds.class_index[GOOD]
-    supervise = cfg.mask_supervision > 0 and h_train[y_train != good].any()
+    supervise = cfg.mask_supervision > 0 and t_train.has_mask[t_train.y != good].any()
     trainer = models.with_cam(net, for_training=True, pretrained=pretrained) if supervise else net
     grid = trainer.output["cam"].shape[1] if supervise else None
-    class_weight = balanced_class_weights(y_train, len(ds.classes)) if cfg.class_weights else None
-    train_ds = make_dataset(x_train, y_train, cfg.batch_size, True, cfg.seed, cfg.augment, m_train, h_train, grid,
-                            class_weights=class_weight, good_index=good)
+    class_weight = balanced_class_weights(t_train.y, len(ds.classes)) if cfg.class_weights else None
+    train_ds = make_dataset(t_train.x, t_train.y, cfg.batch_size, True, cfg.seed, cfg.augment, t_train.masks,
+                            t_train.has_mask, grid, class_weights=class_weight, good_index=good)
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
     # val loss carries the same class weights: early stopping, the plateau cut and the restored weights then
     # follow the objective being trained, not one a model that calls every part good already scores well on
-    val_ds = make_dataset(x_val, y_val, cfg.batch_size, False, masks=m_val, has_mask=h_val, grid=grid,
-                          class_weights=class_weight, good_index=good)
+    val_ds = make_dataset(t_val.x, t_val.y, cfg.batch_size, False, masks=t_val.masks, has_mask=t_val.has_mask,
+                          grid=grid, class_weights=class_weight, good_index=good)
     cfg.out.mkdir(parents=True, exist_ok=True)
     history: dict[str, list] = {}
     t0 = time.monotonic()
@@ -175,20 +180,21 @@ def train(cfg: TrainConfig) -> dict:
         lr = cfg.fine_tune_learning_rate if cfg.init_from else cfg.learning_rate
         _fit(net, trainer, cfg, "train", lr, cfg.epochs, train_ds, val_ds, history, good)
     wall = time.monotonic() - t0
-    kept = DefectRecall(good)  # of the model kept (early stopping restores an earlier epoch)
-    kept.update_state(y_val, net.predict(x_val, batch_size=64, verbose=0))
+    kept = DefectRecall(good)  # of the model kept (early stopping restores an earlier epoch), per photo
+    probs = net.predict(val_views.x, batch_size=64, verbose=0)
+    kept.update_state(val_views.labels, worst(probs, val_views.owner, len(val_views.labels), good)[0])
     recall = float(kept.result())
-    if recall < 0.5:  # e.g. a few hundred photos after the default epochs: every part called good
-        flat = {**SMALL_DATASET_RECIPE, **SMALL_DATASET_RECIPE["augment"]}
-        longer = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flat.items() if k != "augment")
-        print(f"warning: the model finds {recall:.0%} of the validation defects; it has not learnt them yet. "
-              f"With few images, train longer: {longer}", flush=True)
+    if recall < 0.5:
+        print(f"warning: the model finds {recall:.0%} of the validation defects; it has not learnt them yet "
+              f"(more --steps, or more defect images)", flush=True)
     net.save(cfg.out / "model.keras")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
     plots.training_curves(history, cfg.out / "training-curves.png")
     record = {
         **json.loads(cfg.model_dump_json()),
         "classes": ds.classes,
+        "tiling": plan.tiling.model_dump() if plan.tiling else None,
+        "recipe": [*plan.reasons, steps],
         "dataset": {"root": str(ds.root.resolve()), "layout": ds.layout, "counts": ds.counts(),
                     "manifest_sha256": ds.manifest_sha256},
         "train_seconds": round(wall, 1),
