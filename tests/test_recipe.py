@@ -198,3 +198,13 @@ def test_a_tiled_model_trains_exports_and_the_box_boxes_parts_in_frame_coordinat
     for e in tel.inspections:
         x, y, w, h = e["box"]
         assert e["decision"] == "reject" and 8 <= x and 4 <= y and x + w <= 208 and y + h <= 154 and w <= 32 and h <= 32
+
+
+def test_defect_tiles_are_repeated_until_they_are_a_third_of_the_training_tiles():
+    y = np.array([0] * 90 + [2] * 6 + [3] * 4)
+    views = data.Views(np.arange(100)[:, None], y, None, np.ones(100, bool), np.arange(100), np.array([0, 2]))
+    more, said = recipe.oversample(views, good=0)
+    defects = (more.y != 0).sum()
+    assert defects == 10 * 5 and abs(defects / len(more.y) - 1 / 3) < 0.05  # 45 / (1/3 * 90 / (2/3)) -> 5 times
+    assert np.array_equal(more.x[:, 0], more.owner) and "10 defect tiles taken 5 times" in said
+    assert recipe.oversample(more, good=0) == (more, None)  # already a third: left alone

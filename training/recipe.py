@@ -19,7 +19,8 @@ from training import data
 from training.config import PLATEAU_PATIENCE, TrainConfig
 from training.errors import TrainingError
 
-__all__ = ["INPUT_SIZE", "MIN_DEFECT_PIXELS", "Plan", "choose", "defect_sizes", "run_tiling", "schedule"]
+__all__ = ["INPUT_SIZE", "MIN_DEFECT_PIXELS", "Plan", "choose", "defect_sizes", "oversample", "run_tiling",
+           "schedule"]
 
 INPUT_SIZE = 96  # twice the steps of 128 px in the same time; on tiles, 96 px of the photo
 # the smallest defects (this percentile of the masks' sizes) must keep this many pixels at the input, or the model
@@ -28,6 +29,9 @@ MIN_DEFECT_PIXELS = 6
 SMALL_DEFECT_PERCENTILE = 10
 TILE_OVERLAP = 0.25  # share of a tile its neighbours overlap: a defect up to a quarter tile wide is whole in one
 SHIFT = {"whole": 0.2, "tiles": 0.05}  # a tile is a crop already: a large shift moves its defect out of it
+# on tiles most are good (about 1 in 12 on the magnetic tiles): defect tiles are repeated (each repeat augmented
+# afresh) until they make this share of the training tiles, so that every step sees several
+DEFECT_TILE_SHARE = 1 / 3
 
 
 @dataclass
@@ -100,6 +104,19 @@ def choose(ds: data.Dataset, cfg: TrainConfig) -> Plan:
     reasons.append(f"backbone {cfg.arch} {cfg.alpha} (--arch): the best of those measured on the synthetic set and "
                    "the magnetic tiles, and the Edge TPU runs it whole")
     return Plan(cfg, tiling, reasons)
+
+
+def oversample(views: data.Views, good: int) -> tuple[data.Views, str | None]:
+    """Training tiles with the defect tiles repeated up to DEFECT_TILE_SHARE, and what was done."""
+    defect = np.flatnonzero(views.y != good)
+    n_good = len(views.y) - len(defect)
+    if not len(defect) or len(defect) >= DEFECT_TILE_SHARE * len(views.y):
+        return views, None
+    times = math.ceil(DEFECT_TILE_SHARE * n_good / ((1 - DEFECT_TILE_SHARE) * len(defect)))
+    pick = np.concatenate([np.arange(len(views.y))] + [defect] * (times - 1))
+    said = f"the {len(defect)} defect tiles taken {times} times, against {n_good} good ones"
+    return data.Views(views.x[pick], views.y[pick], None if views.masks is None else views.masks[pick],
+                      views.has_mask[pick], views.owner[pick], views.labels), said
 
 
 def schedule(cfg: TrainConfig, n_examples: int, what: str) -> tuple[TrainConfig, str]:

@@ -139,7 +139,11 @@ def train(cfg: TrainConfig) -> dict:
     train_views = data.load_views(ds, "train", plan.cfg.input_size, plan.tiling, with_masks=True)
     val_views = data.load_views(ds, "val", plan.cfg.input_size, plan.tiling, with_masks=True)
     t_train, t_val = train_views.labelled(), val_views.labelled()
-    cfg, steps = recipe.schedule(plan.cfg, len(t_train.y), "labelled tiles" if plan.tiling else "images")
+    good = ds.class_index[GOOD]
+    if plan.tiling:
+        t_train, said = recipe.oversample(t_train, good)
+        plan.reasons += [said] if said else []
+    cfg, steps = recipe.schedule(plan.cfg, len(t_train.y), "training tiles" if plan.tiling else "images")
     for line in [*plan.reasons, steps]:
         print(f"recipe: {line}", flush=True)
     if cfg.init_from:
@@ -154,7 +158,6 @@ def train(cfg: TrainConfig) -> dict:
         net = models.build(cfg.arch, len(ds.classes), cfg.input_size, cfg.alpha, cfg.weights, cfg.dropout,
                            cfg.pooling)
     pretrained = models.pretrained_weights(cfg.weights) and not cfg.init_from
-    good = ds.class_index[GOOD]
     supervise = cfg.mask_supervision > 0 and t_train.has_mask[t_train.y != good].any()
     trainer = models.with_cam(net, for_training=True, pretrained=pretrained) if supervise else net
     grid = trainer.output["cam"].shape[1] if supervise else None
