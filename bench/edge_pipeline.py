@@ -29,7 +29,7 @@ from edge.bundle import Bundle, Tiling, load_bundle
 from edge.classifiers import make_classifier
 from edge.config import EdgeConfig, validate_config
 from edge.decision import decide
-from edge.pipeline import _views
+from edge.pipeline import frame_views
 from edge.preprocess import prepare
 from edge.sources import Frame, Paced
 from edge.telemetry import MemoryTelemetry
@@ -182,7 +182,7 @@ def tiles_per_frame(clf, frame: np.ndarray, n: int) -> dict:
         update={"tiling": Tiling(size=size, overlap=round(size * TILE_OVERLAP))}))
 
     def inspect(b: Bundle, img: np.ndarray) -> None:
-        for view in _views(img, b, True, None)[0]:
+        for view in frame_views(img, b, True, None)[0]:
             clf.infer(view)
 
     result = {"tile": size, "overlap": tiled.tiling.overlap}

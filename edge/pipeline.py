@@ -34,7 +34,7 @@ from edge.telemetry import Telemetry
 from firmware_io.errors import FirmwareIOError
 from firmware_io.gpio import Encoder, GPIOBackend, ManualClock, RealClock, RejectGate, StackLight
 
-__all__ = ["LineIO", "Model", "Runtime", "verified_classifier"]
+__all__ = ["LineIO", "Model", "Runtime", "frame_views", "verified_classifier"]
 
 _STOP = object()
 
@@ -72,7 +72,7 @@ def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str 
     return bundle, clf
 
 
-def _views(image: np.ndarray, bundle: Bundle, bgr: bool, roi) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def frame_views(image: np.ndarray, bundle: Bundle, bgr: bool, roi) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """What the model inspects of a frame: its tiles at the frame's resolution, or the frame resized."""
     if bundle.tiling:
         return tiles.cut(to_rgb(crop(image, roi), bgr=bgr), bundle.tiling.size, bundle.tiling.overlap)
@@ -270,7 +270,7 @@ class Runtime:
         roi = self.cfg.pipeline.roi
         td = time.monotonic()
         try:
-            views, corners = _views(frame.image, model.bundle, self.cfg.source.bgr, roi)
+            views, corners = frame_views(frame.image, model.bundle, self.cfg.source.bgr, roi)
         except Exception as exc:
             frame.error = f"preprocess: {exc}"
             return self._finish(part, failsafe("failsafe", on_error))

@@ -59,8 +59,8 @@ class TrainConfig(Strict):
     input_size: int | None = Field(None, ge=32, le=512, description="square model input side in pixels, and the tile "
                                    "side when tiling (default: chosen from the data)")
     weights: str = Field("none", description="none (from scratch), imagenet, or a local weights file")
-    steps: int = Field(3600, ge=1, description="optimizer steps of the whole run: the epochs follow from the "
-                       "dataset's size (3600: 55 epochs of 2,100 images, 120 of 939)")
+    steps: int = Field(3600, ge=1, description="optimizer steps of the whole run; the epochs follow from the "
+                       "dataset's size (at batch 32, 3600 steps are 55 epochs of 2,100 images, 120 of 939)")
     epochs: int | None = Field(None, ge=1, description="epochs instead of --steps")
     tiles: Literal["auto", "on", "off"] = Field("auto", description="inspect overlapping tiles at the photos' own "
                                                 "resolution; auto: when the smallest defects would lose their pixels "

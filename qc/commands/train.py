@@ -17,8 +17,7 @@ def _train_args(p):
     add_model_flags(p, TrainConfig, skip=("augment",))
     p.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
     shift = AugmentConfig.model_fields["translation"]
-    p.add_argument("--translation", type=float, help=f"{shift.description} (default {shift.default}; the rest "
-                   "of `augment:` stays)")
+    p.add_argument("--translation", type=float, help=f"{shift.description}; the rest of `augment:` stays")
 
 
 @command("train", "train a MobileNet defect classifier (one line per epoch); writes RUN/model.keras and plots",
