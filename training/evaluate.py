@@ -22,7 +22,8 @@ from training import model as models
 from training.config import FALSE_REJECT_BUDGET, TARGET_RECALL
 from training.errors import TrainingError
 
-__all__ = ["THRESHOLD_METHOD", "binary_report", "choose_threshold", "evaluate", "explain", "overlay", "pointing_game", "recall_interval"]
+__all__ = ["THRESHOLD_METHOD", "binary_report", "choose_threshold", "evaluate", "explain", "overlay", "pointing_game",
+           "recall_interval"]
 
 
 THRESHOLD_METHOD = ("the lower of the defect scores' fitted quantile for the target recall (a normal fit to their "
@@ -113,14 +114,12 @@ def _predict(cam_model, x: np.ndarray, batch: int = 64):
 
 
 def _photo_outputs(cam_model, ds, split: str, size: int, tiling, good: int, with_masks: bool = False):
-    """(the view per photo, labels, probabilities, activation maps) of a split: on tiles, each photo's worst
-    tile, as the box decides."""
+    """Per photo of a split: (the view the model decided on, its mask, the photo's label, the probabilities,
+    the activation map); on tiles, each photo's worst tile, as the box decides."""
     views = data.load_views(ds, split, size, tiling, with_masks)
     probs, cams = _predict(cam_model, views.x)
     probs, pick = worst(probs, views.owner, len(views.labels), good)
-    picked = data.Views(views.x[pick], views.y[pick], None if views.masks is None else views.masks[pick],
-                        views.has_mask[pick], np.arange(len(pick)), views.labels)
-    return picked, views.labels, probs, cams[pick]
+    return views.x[pick], None if views.masks is None else views.masks[pick], views.labels, probs, cams[pick]
 
 
 def _report_html(m: dict, pngs: dict[str, Path], out: Path) -> None:
@@ -165,9 +164,8 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
         raise TrainingError(f"the model was trained on classes {cfg['classes']}, but {data_dir} has classes {ds.classes}")
     size, tiling, good = net.input.shape[1], recipe.run_tiling(cfg), ds.class_index[GOOD]
     cam_model = models.with_cam(net)
-    _, y_val, val_probs, _ = _photo_outputs(cam_model, ds, "val", size, tiling, good)
-    views, y, probs, cams = _photo_outputs(cam_model, ds, split, size, tiling, good, with_masks=True)
-    x, masks = views.x, views.masks  # one view per photo: the photo, or its worst tile
+    _, _, y_val, val_probs, _ = _photo_outputs(cam_model, ds, "val", size, tiling, good)
+    x, masks, y, probs, cams = _photo_outputs(cam_model, ds, split, size, tiling, good, with_masks=True)
     val_scores = defect_scores(val_probs, good)
     scores = defect_scores(probs, good)
     is_defect = y != good
