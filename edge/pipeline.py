@@ -23,7 +23,7 @@ from edge import tiles
 from edge.bundle import Bundle, load_bundle
 from edge.classifiers import Classifier, make_classifier
 from edge.config import EdgeConfig
-from edge.decision import Decision, decide, defect_scores, failsafe
+from edge.decision import Decision, decide, failsafe
 from edge.errors import EdgeError
 from edge.localize import box, defect_map
 from edge.preprocess import crop, prepare, to_rgb
@@ -279,7 +279,8 @@ class Runtime:
         try:
             with model.locks[slot]:  # tiles one after another, batch 1, as the Edge TPU runs them
                 results = [model.classifiers[slot].infer(v) for v in views]
-            worst = max(range(len(results)), key=lambda i: defect_scores(results[i].scores, model.bundle.good_index))
+            worst = int(tiles.worst(np.stack([r.scores for r in results]), np.zeros(len(results), int), 1,
+                                    model.bundle.good_index)[1][0])
             result = results[worst]
             d = decide(result.scores, model.bundle.labels, self.threshold, model.bundle.good_index,
                        self.cfg.decision.class_thresholds)
