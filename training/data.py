@@ -269,11 +269,14 @@ class Views:
     owner: np.ndarray
     labels: np.ndarray
 
+    def take(self, pick: np.ndarray) -> Views:
+        """The views at `pick` (indices or a boolean mask), of the same photos."""
+        return Views(self.x[pick], self.y[pick], None if self.masks is None else self.masks[pick],
+                     self.has_mask[pick], self.owner[pick], self.labels)
+
     def labelled(self) -> Views:
         """The views whose label is known: what training and its validation loss use."""
-        keep = self.y >= 0
-        return Views(self.x[keep], self.y[keep], None if self.masks is None else self.masks[keep],
-                     self.has_mask[keep], self.owner[keep], self.labels)
+        return self.take(self.y >= 0)
 
 
 def tile_labels(mask_tiles: np.ndarray, total: int, label: int, good: int) -> np.ndarray:

@@ -115,8 +115,7 @@ def oversample(views: data.Views, good: int) -> tuple[data.Views, str | None]:
     times = math.ceil(DEFECT_TILE_SHARE * n_good / ((1 - DEFECT_TILE_SHARE) * len(defect)))
     pick = np.concatenate([np.arange(len(views.y))] + [defect] * (times - 1))
     said = f"the {len(defect)} defect tiles taken {times} times, against {n_good} good ones"
-    return data.Views(views.x[pick], views.y[pick], None if views.masks is None else views.masks[pick],
-                      views.has_mask[pick], views.owner[pick], views.labels), said
+    return views.take(pick), said
 
 
 def schedule(cfg: TrainConfig, n_examples: int, what: str) -> tuple[TrainConfig, str]:
