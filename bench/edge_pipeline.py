@@ -31,7 +31,7 @@ from edge.config import EdgeConfig, validate_config
 from edge.decision import decide
 from edge.pipeline import frame_views
 from edge.preprocess import prepare
-from edge.sources import Frame, Paced
+from edge.sources import Frame, Paced, Recorded
 from edge.telemetry import MemoryTelemetry
 from edge.tiles import corners
 
@@ -111,7 +111,7 @@ def _machine_floor(bundle_path: Path, backend: str, num_threads: int, paths: lis
             "latency_p50_ms": round(p50, 2), "latency_p99_ms": round(p99, 2), "p99_over_p50": round(p99 / p50, 2)}
 
 
-class _Line:
+class _Line(Recorded):
     """Encoded frames from memory, looping, as the naive loop and the stages get them: no file reads, which a
     camera does not do either. Paced at `rate` (a live line: overflow is a fail-safe reject), or unpaced (a
     recording, which waits for the workers)."""

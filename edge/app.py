@@ -38,11 +38,11 @@ def build_runtime(cfg: EdgeConfig, *, events: Path | None = None, telemetry: Tel
                   encoder)
     store = RejectStore(cfg.store.dir, cfg.store.max_files, cfg.store.sample_passes) if cfg.store.dir else None
     runtime: Runtime | None = None  # the source's alarms go to the runtime built just below
-    source = source if source is not None else make_source(cfg.source,
-                                                            on_alarm=lambda kind, msg: runtime.alarm(kind, msg))
+    source = source if source is not None else make_source(cfg.source, lambda kind, msg: runtime.alarm(kind, msg),
+                                                            cfg.trigger.mode)
     runtime = Runtime(cfg, telemetry, line, source, store)
     if cfg.trigger.mode == "part_sensor":
-        PartSensor(gpio, cfg.gpio.part_sensor, runtime.triggers.put)
+        PartSensor(gpio, cfg.gpio.part_sensor, runtime.on_part)
     elif cfg.trigger.mode == "encoder":
         encoder.listeners.append(runtime.on_count)
     if mqtt and cfg.mqtt.commands:

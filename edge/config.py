@@ -30,23 +30,39 @@ class ClassifierConfig(Strict):
 
 
 class SourceConfig(Strict):
-    kind: Literal["folder", "video", "camera", "stream"] = Field("folder", description="where frames come from")
-    path: str = Field("", description="folder or video file, camera index or /dev/videoN, rtsp:// or http:// URL")
+    kind: Literal["folder", "video", "camera", "stream", "aravis", "gstreamer", "picamera2"] = Field(
+        "folder", description="folder/video: recorded; camera, stream: OpenCV (USB camera, RTSP); aravis: GigE or "
+        "USB3 Vision; gstreamer: a pipeline (Jetson CSI camera); picamera2: the Raspberry Pi camera")
+    path: str = Field("", description="folder or video file; camera index or /dev/videoN; rtsp:// or http:// URL; "
+                      "aravis: camera id (vendor-model-serial, empty: the first found); picamera2: camera number")
+    pipeline: str = Field("", description="gstreamer: the source part of a pipeline, e.g. \"nvarguscamerasrc ! "
+                          "nvvidconv\"; frames leave it through videoconvert and an appsink as BGR")
     loop: bool = Field(False, description="folder/video: start again at the end")
     rate_hz: float | None = Field(None, gt=0, description="folder/video: parts per second, as on a line (None: "
                                   "as fast as the workers take them, every frame inspected)")
     width: int | None = Field(None, gt=0, description="camera: requested frame width")
     height: int | None = Field(None, gt=0, description="camera: requested frame height")
-    fps: float | None = Field(None, gt=0, description="camera: requested frame rate")
-    bgr: bool = Field(True, description="frames arrive as OpenCV BGR (folder images are read as BGR too)")
+    fps: float | None = Field(None, gt=0, description="camera: frame rate (free-running)")
+    region: tuple[int, int, int, int] | None = Field(None, description="aravis: sensor region x, y, w, h read out "
+                                                      "by the camera (less to transfer than a pipeline.roi)")
+    pixel_format: str | None = Field(None, description="aravis: Mono8, RGB8 or a Bayer 8-bit format (BayerRG8...), "
+                                     "converted to BGR on the box (None: the camera's current one)")
+    exposure_us: float | None = Field(None, gt=0, description="aravis, picamera2: exposure time in microseconds")
+    gain: float | None = Field(None, ge=0, description="aravis, picamera2: analogue gain")
+    trigger_line: str = Field("Line1", description="aravis with trigger.mode camera: the camera's trigger input")
+    buffers: int = Field(8, ge=2, le=64, description="aravis: stream buffers in the driver")
+    bgr: bool = Field(True, description="frames arrive as OpenCV BGR (folder images and camera kinds are BGR)")
     reconnect_min_s: float = Field(0.5, gt=0, description="camera/stream: first reconnect wait")
     reconnect_max_s: float = Field(10.0, gt=0, description="camera/stream: longest reconnect wait")
 
 
 class TriggerConfig(Strict):
-    mode: Literal["free", "part_sensor", "encoder"] = Field(
-        "free", description="free: each frame is a part; part_sensor: capture on its edge; encoder: every pitch")
+    mode: Literal["free", "part_sensor", "encoder", "camera"] = Field(
+        "free", description="free: each frame is a part; part_sensor: a part on its edge; encoder: every pitch; "
+        "camera: the part sensor is wired to the camera's trigger input, each frame it takes is a part (aravis)")
     pitch_counts: int | None = Field(None, gt=0, description="encoder mode: counts between parts")
+    frame_timeout_ms: float = Field(500.0, gt=0, description="part_sensor/encoder: a trigger with no frame exposed "
+                                    "after it within this time is a fail-safe reject (camera_lost)")
 
 
 class DecisionConfig(Strict):
@@ -95,6 +111,10 @@ def validate_config(values: dict, source: str = "config") -> EdgeConfig:
         raise EdgeError(f"{source}: trigger.mode part_sensor needs gpio.part_sensor")
     if cfg.trigger.mode == "encoder" and (cfg.gpio.encoder is None or cfg.trigger.pitch_counts is None):
         raise EdgeError(f"{source}: trigger.mode encoder needs gpio.encoder and trigger.pitch_counts")
+    if cfg.trigger.mode == "camera" and cfg.source.kind != "aravis":
+        raise EdgeError(f"{source}: trigger.mode camera needs source.kind aravis (a camera with a trigger input)")
+    if cfg.source.kind == "gstreamer" and not cfg.source.pipeline.strip():
+        raise EdgeError(f"{source}: source.kind gstreamer needs source.pipeline")
     return cfg
 
 

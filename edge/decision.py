@@ -17,6 +17,7 @@ REASONS = {
     "defect": "inspected and rejected: a defect score or class score at its threshold",
     "failsafe": "not inspected: unreadable frame, model error or past decision.deadline_ms",
     "overflow": "not inspected: the queue to the workers was full",
+    "camera_lost": "not inspected: no frame exposed after the part's trigger came from the camera in time",
     "paused": "not inspected: the line is paused by command",
     "late": "rejected, but decided after the part had passed the gate",
     "gate_overflow": "to be rejected, but the gate already held gate.max_in_flight parts: not rejected",

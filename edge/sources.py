@@ -1,12 +1,17 @@
-"""Frame sources: a folder of images, a video file or stream, a camera (OpenCV).
+"""Frame sources: a folder of images and a video file (recorded), cameras and streams (live; OpenCV here,
+GigE/USB3 Vision, GStreamer and the Pi camera in edge.cameras).
 
-Each frame carries its capture time on the monotonic clock. A frame that cannot be decoded comes through
-with `image=None` and the reason, so the pipeline rejects that part fail-safe instead of losing it.
+Each frame carries its exposure time on the monotonic clock, as near as the camera tells it. A frame that
+cannot be decoded comes through with `image=None` and the reason, so the pipeline rejects that part fail-safe
+instead of losing it.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +23,7 @@ from edge.config import SourceConfig
 from edge.errors import EdgeError
 from edge.images import IMAGE_EXTS, ImageError, decode
 
-__all__ = ["Frame", "FolderSource", "Paced", "VideoSource", "make_source"]
+__all__ = ["Frame", "FolderSource", "LiveSource", "OpenCVCamera", "Paced", "Recorded", "VideoSource", "make_source"]
 
 @dataclass
 class Frame:
@@ -64,7 +69,26 @@ class Paced:
         return self.next
 
 
-class FolderSource:
+class Recorded:
+    """Frames read from files. In a triggered mode each trigger reads the next one: a recorded frame stands for
+    the part photographed at its trigger, so it is stamped when it is read, after the trigger."""
+
+    _frames: Iterator[Frame] | None = None
+
+    def grab(self, after: float, timeout: float) -> Frame:
+        if self._frames is None:
+            self._frames = iter(self)
+        frame = next(self._frames, None)
+        if frame is None:
+            raise EOFError("no more frames")
+        frame.stamp, frame.wall = time.monotonic(), time.time()
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+class FolderSource(Recorded):
     """Images in name order; `live` (parts passing at a set rate) only with `rate_hz`."""
 
     def __init__(self, cfg: SourceConfig):
@@ -93,17 +117,192 @@ class FolderSource:
                 return
 
 
-class VideoSource:
-    """A video file, an RTSP/HTTP stream or a camera; cameras and streams reopen with backoff when lost."""
+class VideoSource(Recorded):
+    """A video file, frame by frame; `live` (parts passing at a set rate) only with `rate_hz`."""
+
+    def __init__(self, cfg: SourceConfig):
+        self.cfg = cfg
+        self.live = cfg.rate_hz is not None
+
+    def __iter__(self) -> Iterator[Frame]:
+        pace, seq = Paced(self.cfg.rate_hz), 0
+        while True:
+            cap = cv2.VideoCapture(self.cfg.path)
+            if not cap.isOpened():
+                raise EdgeError(f"source.path {self.cfg.path!r}: cannot open the video")
+            while (got := cap.read())[0]:
+                yield Frame(seq, pace.wait(), got[1], f"{self.cfg.path}#{seq}")
+                seq += 1
+            cap.release()
+            if not self.cfg.loop:
+                return
+
+
+class LiveSource:
+    """A camera. A reader thread takes every frame from the driver as it arrives, so no old frame waits in the
+    driver's buffers, stamps it with its exposure time (monotonic clock) and keeps the newest few. Free-running,
+    every frame is a part (iteration, in order). Triggered, `grab(after)` gives the first frame exposed at or
+    after the trigger, and first sends the camera a software trigger where it takes one. A lost camera is
+    alarmed and reopened with backoff; it never ends the run.
+
+    A camera kind implements `_open`, `_read` (one frame or None within a timeout; raises when the camera is
+    gone), `_close`, and, where the camera takes one, `_trigger`."""
+
+    live = True
+    takes_trigger = False
+    KEEP = 64  # frames kept for a slow reader; beyond, the oldest are dropped, counted and alarmed
 
     def __init__(self, cfg: SourceConfig, on_alarm: Callable[[str, str], None] | None = None):
         self.cfg = cfg
         self.on_alarm = on_alarm or (lambda kind, msg: None)
-        self.camera = cfg.kind in ("camera", "stream")
-        self.live = self.camera or cfg.rate_hz is not None
-        self.stopped = False
+        self.counts: Counter = Counter()
+        self.frames: deque[Frame] = deque()
+        self.ready = threading.Condition()
+        self.stopped = threading.Event()
+        self.connected = False
+        self.lost = threading.Event()  # set by whoever notices first (a failed trigger); the reader reopens
+        self._thread: threading.Thread | None = None
+        self._triggers: queue.Queue = queue.Queue()
+        self._seq = 0
 
-    def _open(self):
+    @property
+    def name(self) -> str:
+        return f"{self.cfg.kind} {self.cfg.path!r}"
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _read(self, timeout: float) -> tuple[np.ndarray | None, float, str | None] | None:
+        """(image, exposure stamp, error) of the next frame, None when none came within `timeout`."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def _trigger(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.counts) | {"connected": self.connected}
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._reader, name="camera", daemon=True)
+            self._thread.start()
+            if self.takes_trigger:
+                threading.Thread(target=self._send_triggers, name="camera-trigger", daemon=True).start()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self._triggers.put(None)
+        with self.ready:
+            self.ready.notify_all()
+        if self._thread not in (None, threading.current_thread()):
+            self._thread.join(timeout=10)
+
+    def _reader(self) -> None:
+        backoff = self.cfg.reconnect_min_s  # grows while the camera fails; back to the start with a frame
+        while not self.stopped.is_set():
+            try:
+                if not self.connected:
+                    self._open()
+                    self.counts["opened"] += 1
+                    self.lost.clear()
+                    self.connected = True
+                if self.lost.is_set():
+                    raise EdgeError("it did not answer a trigger")
+                got = self._read(0.2)
+            except Exception as exc:
+                if self.connected:
+                    self.counts["lost"] += 1
+                self.connected = False
+                self._close_quietly()
+                self.on_alarm("camera_lost", f"{self.name}: {exc}; reopening in {backoff:.2f}s")
+                self.stopped.wait(backoff)
+                backoff = min(self.cfg.reconnect_max_s, backoff * 2)
+                continue
+            if got is not None:
+                backoff = self.cfg.reconnect_min_s
+                self._keep(*got)
+        self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        try:
+            self._close()
+        except Exception:  # a camera that is gone cannot be closed cleanly; it is reopened afresh
+            pass
+
+    def _keep(self, image: np.ndarray | None, stamp: float, error: str | None) -> None:
+        frame = Frame(self._seq, stamp, image, f"{self.name}#{self._seq}", error,
+                      wall=time.time() - (time.monotonic() - stamp))
+        self._seq += 1
+        self.counts["frames"] += 1
+        if error:
+            self.counts["incomplete"] += 1
+            self.on_alarm("frame_incomplete", f"{self.name} frame {frame.seq}: {error}")
+        with self.ready:
+            if len(self.frames) >= self.KEEP:
+                self.frames.popleft()
+                self.counts["dropped"] += 1
+            self.frames.append(frame)
+            self.ready.notify_all()
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.start()
+        while not self.stopped.is_set():
+            with self.ready:
+                if not self.frames:
+                    self.ready.wait(0.1)
+                frame = self.frames.popleft() if self.frames else None
+            if frame is not None:
+                yield frame
+
+    def _send_triggers(self) -> None:
+        """Trigger commands, in order, off the capture thread: a camera that went away answers a command only
+        after the driver's retries (seconds), while the parts behind it must still be decided in time."""
+        while (stamp := self._triggers.get()) is not None:
+            if not self.connected or self.lost.is_set():
+                continue
+            try:
+                self._trigger()
+                self.counts["triggers"] += 1
+            except Exception as exc:
+                self.counts["trigger_failed"] += 1
+                self.lost.set()
+                with self.ready:
+                    self.ready.notify_all()
+                self.on_alarm("camera_lost", f"{self.name}: trigger at {stamp:.3f} failed: {exc}")
+
+    def grab(self, after: float, timeout: float) -> Frame | None:
+        """The first frame exposed at or after `after` (monotonic s), or None when none came by `after +
+        timeout` or the camera is lost: frames exposed before the trigger are discarded."""
+        self.start()
+        if self.takes_trigger and self.connected and not self.lost.is_set():
+            self._triggers.put(after)
+        deadline = after + timeout
+        with self.ready:
+            while True:
+                while self.frames and self.frames[0].stamp < after:
+                    self.frames.popleft()
+                    self.counts["before_trigger"] += 1
+                if self.frames:
+                    return self.frames.popleft()
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopped.is_set() or not self.connected or self.lost.is_set():
+                    self.counts["no_frame"] += 1
+                    return None
+                self.ready.wait(left)
+
+
+class OpenCVCamera(LiveSource):
+    """A camera (index or /dev/videoN) or an RTSP/HTTP stream through OpenCV. It gives no exposure time: a frame
+    is stamped when the driver hands it over, and the reader takes each at once, so that is within a frame
+    time of its exposure."""
+
+    cap = None
+
+    def _open(self) -> None:
         target: int | str = self.cfg.path
         if self.cfg.kind == "camera" and str(target).isdigit():
             target = int(target)
@@ -112,36 +311,32 @@ class VideoSource:
                             (cv2.CAP_PROP_FPS, self.cfg.fps)):
             if value:
                 cap.set(prop, value)
-        return cap
-
-    def __iter__(self) -> Iterator[Frame]:
-        pace = Paced(None if self.camera else self.cfg.rate_hz)
-        seq, backoff = 0, self.cfg.reconnect_min_s
-        cap = self._open()
-        if not cap.isOpened() and not self.camera:
-            raise EdgeError(f"source.path {self.cfg.path!r}: cannot open the video")
-        while not self.stopped:
-            ok, img = cap.read() if cap.isOpened() else (False, None)
-            if ok:
-                backoff = self.cfg.reconnect_min_s
-                yield Frame(seq, pace.wait(), img, f"{self.cfg.path}#{seq}")
-                seq += 1
-                continue
-            if not self.camera:
-                if self.cfg.loop:
-                    cap.release()
-                    cap = self._open()
-                    continue
-                return
-            self.on_alarm("camera_lost", f"{self.cfg.kind} {self.cfg.path!r} gave no frame; reopening in {backoff:.2f}s")
+        if not cap.isOpened():
             cap.release()
-            time.sleep(backoff)
-            backoff = min(self.cfg.reconnect_max_s, backoff * 2)
-            cap = self._open()
-        cap.release()
+            raise EdgeError("cannot open it")
+        self.cap = cap
+
+    def _read(self, timeout: float):
+        ok, img = self.cap.read()
+        if not ok:
+            raise EdgeError("it gave no frame")
+        return img, time.monotonic(), None
+
+    def _close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
 
 
-def make_source(cfg: SourceConfig, on_alarm=None):
+def make_source(cfg: SourceConfig, on_alarm=None, trigger: str = "free"):
+    """The source for `source.kind`; camera kinds beyond OpenCV come from edge.cameras (their libraries are
+    imported only when chosen). `trigger` is `trigger.mode`: a camera that takes triggers is set up for it."""
     if cfg.kind == "folder":
         return FolderSource(cfg)
-    return VideoSource(cfg, on_alarm)
+    if cfg.kind == "video":
+        return VideoSource(cfg)
+    if cfg.kind in ("camera", "stream"):
+        return OpenCVCamera(cfg, on_alarm)
+    from edge import cameras
+
+    return cameras.make(cfg, on_alarm, trigger)

@@ -13,7 +13,7 @@ import pytest
 
 from edge.config import SourceConfig
 from edge.decision import decide, failsafe
-from edge.sources import Paced, VideoSource, make_source
+from edge.sources import OpenCVCamera, Paced, make_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,12 +48,8 @@ def test_video_file_frames_in_order(tmp_path):
 
 def test_lost_camera_is_reopened_with_backoff_and_alarmed():
     alarms = []
-    src = VideoSource(SourceConfig(kind="camera", path="/dev/video99", reconnect_min_s=0.01, reconnect_max_s=0.04),
-                      on_alarm=lambda kind, msg: (alarms.append((kind, msg)), len(alarms) >= 4 and stop()))
-
-    def stop():
-        src.stopped = True
-
+    src = OpenCVCamera(SourceConfig(kind="camera", path="/dev/video99", reconnect_min_s=0.01, reconnect_max_s=0.04),
+                       on_alarm=lambda kind, msg: (alarms.append((kind, msg)), len(alarms) >= 4 and src.close()))
     assert list(src) == []
     assert [k for k, _ in alarms] == ["camera_lost"] * 4
     assert "reopening in 0.01s" in alarms[0][1] and "reopening in 0.04s" in alarms[-1][1]  # backoff grows, capped

@@ -1,4 +1,4 @@
-"""`qc run`, `qc config`, `qc review` and `qc bench`: the camera box."""
+"""`qc run`, `qc config`, `qc cameras`, `qc review` and `qc bench`: the camera box."""
 
 from __future__ import annotations
 
@@ -64,10 +64,21 @@ def _config_args(p):
 
 @command("config", "validate an edge config file; a typo or bad value names the key", _config_args)
 def config(a):
+    from edge import cameras
     from edge.config import load_config
 
     cfg = load_config(a.file)
+    if cfg.source.kind in cameras.NEEDS:  # the camera's library, named with what to install when missing
+        cameras.require(cfg.source.kind)
     return f"{a.file}: ok (bundle {cfg.bundle}, source {cfg.source.kind} {cfg.source.path!r}, gpio {cfg.gpio.backend})"
+
+
+@command("cameras", "list the cameras this box can open: GigE/USB3 Vision (Aravis), /dev/video*, Pi cameras, "
+         "GStreamer camera sources, with model and serial (JSON)")
+def cameras(a):
+    from edge.cameras import discover
+
+    return discover()
 
 
 def _review_args(p):
