@@ -70,7 +70,7 @@ def _figures(n: int, wall: float, cpu: float) -> dict:
     return {"frames": n, "frames_per_s": round(n / wall, 1), "cpu_ms_per_frame": round(1000 * cpu / max(n, 1), 3)}
 
 
-def run_camera_benchmark(camera_id: str | None = None, fps: float = 100.0, seconds: float = 5.0) -> dict:
+def run_camera_benchmark(camera_id: str | None = None, fps: float = 200.0, seconds: float = 5.0) -> dict:
     fake = None
     if camera_id is None:
         if shutil.which(FAKE_CAMERA) is None:

@@ -137,9 +137,18 @@ def _any_dataset(r):
             + ("" if "magnetic_tile" in r else " (the magnetic tiles not measured in this run)"))
 
 
+def _camera(r):
+    bare, ours = r["bare_aravis_loop"], r["qc_aravis_source"]
+    return (f"{r['camera']}, {r['format']}, {r['requested_fps']} frames/s asked: the Aravis source delivered "
+            f"{ours['frames_per_s']} frames/s ({r['rate_vs_bare']} x the bare loop), {ours['cpu_ms_per_frame']} ms "
+            "of process CPU per frame (taken from the driver, stamped, converted)",
+            f"a bare Aravis loop (pop a buffer, push it back): {bare['frames_per_s']} frames/s, "
+            f"{bare['cpu_ms_per_frame']} ms CPU per frame", f"at least {r['target']} x the bare loop's rate")
+
+
 FORMAT = {"synth": _synth, "reject_timing": _reject_timing, "telemetry": _telemetry, "export": _export,
           "train_quality": _train_quality, "default_backbone": _default_backbone, "edge_pipeline": _edge_pipeline,
-          "any_dataset": _any_dataset}
+          "any_dataset": _any_dataset, "camera_aravis": _camera}
 
 
 def render(results: list[dict]) -> str:

@@ -139,11 +139,12 @@ class VideoSource(Recorded):
 
 
 class LiveSource:
-    """A camera. A reader thread takes every frame from the driver as it arrives, so no old frame waits in the
-    driver's buffers, stamps it with its exposure time (monotonic clock) and keeps the newest few. Free-running,
-    every frame is a part (iteration, in order). Triggered, `grab(after)` gives the first frame exposed at or
-    after the trigger, and first sends the camera a software trigger where it takes one. A lost camera is
-    alarmed and reopened with backoff; it never ends the run.
+    """A camera; each frame is stamped with its exposure time (monotonic clock). Free-running, every frame is a
+    part: iteration reads them in order on the caller's thread. Triggered, a reader thread (`start`) takes
+    every frame from the driver as it arrives, so that no old frame waits in the driver's buffers, and keeps
+    the newest few; `grab(after)` gives the first frame exposed at or after the trigger, and first sends the
+    camera a software trigger where it takes one. A lost camera is alarmed and reopened with backoff; it never
+    ends the run.
 
     A camera kind implements `_open`, `_read` (one frame or None within a timeout; raises when the camera is
     gone), `_close`, and, where the camera takes one, `_trigger`."""
@@ -187,6 +188,7 @@ class LiveSource:
         return dict(self.counts) | {"connected": self.connected}
 
     def start(self) -> None:
+        """Open the camera and keep reading it in the background, for `grab` (triggered capture)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._reader, name="camera", daemon=True)
             self._thread.start()
@@ -201,31 +203,35 @@ class LiveSource:
         if self._thread not in (None, threading.current_thread()):
             self._thread.join(timeout=10)
 
-    def _reader(self) -> None:
+    def _frames(self) -> Iterator[Frame]:
+        """Frames as the camera delivers them until `close`; a lost camera is alarmed and reopened."""
         backoff = self.cfg.reconnect_min_s  # grows while the camera fails; back to the start with a frame
-        while not self.stopped.is_set():
-            try:
-                if not self.connected:
-                    self._open()
-                    self.counts["opened"] += 1
-                    self.lost.clear()
-                    self.connected = True
-                if self.lost.is_set():
-                    raise EdgeError("it did not answer a trigger")
-                got = self._read(0.2)
-            except Exception as exc:
-                if self.connected:
-                    self.counts["lost"] += 1
-                self.connected = False
-                self._close_quietly()
-                self.on_alarm("camera_lost", f"{self.name}: {exc}; reopening in {backoff:.2f}s")
-                self.stopped.wait(backoff)
-                backoff = min(self.cfg.reconnect_max_s, backoff * 2)
-                continue
-            if got is not None:
-                backoff = self.cfg.reconnect_min_s
-                self._keep(*got)
-        self._close_quietly()
+        try:
+            while not self.stopped.is_set():
+                try:
+                    if not self.connected:
+                        self._open()
+                        self.counts["opened"] += 1
+                        self.lost.clear()
+                        self.connected = True
+                    if self.lost.is_set():
+                        raise EdgeError("it did not answer a trigger")
+                    got = self._read(0.2)
+                except Exception as exc:
+                    if self.connected:
+                        self.counts["lost"] += 1
+                    self.connected = False
+                    self._close_quietly()
+                    self.on_alarm("camera_lost", f"{self.name}: {exc}; reopening in {backoff:.2f}s")
+                    self.stopped.wait(backoff)
+                    backoff = min(self.cfg.reconnect_max_s, backoff * 2)
+                    continue
+                if got is not None:
+                    backoff = self.cfg.reconnect_min_s
+                    yield self._frame(*got)
+        finally:
+            self.connected = False
+            self._close_quietly()
 
     def _close_quietly(self) -> None:
         try:
@@ -233,7 +239,7 @@ class LiveSource:
         except Exception:  # a camera that is gone cannot be closed cleanly; it is reopened afresh
             pass
 
-    def _keep(self, image: np.ndarray | None, stamp: float, error: str | None) -> None:
+    def _frame(self, image: np.ndarray | None, stamp: float, error: str | None) -> Frame:
         frame = Frame(self._seq, stamp, image, f"{self.name}#{self._seq}", error,
                       wall=time.time() - (time.monotonic() - stamp))
         self._seq += 1
@@ -241,22 +247,22 @@ class LiveSource:
         if error:
             self.counts["incomplete"] += 1
             self.on_alarm("frame_incomplete", f"{self.name} frame {frame.seq}: {error}")
-        with self.ready:
-            if len(self.frames) >= self.KEEP:
-                self.frames.popleft()
-                self.counts["dropped"] += 1
-            self.frames.append(frame)
-            self.ready.notify_all()
+        return frame
+
+    def _reader(self) -> None:
+        for frame in self._frames():
+            with self.ready:
+                if len(self.frames) >= self.KEEP:
+                    self.frames.popleft()
+                    self.counts["dropped"] += 1
+                self.frames.append(frame)
+                self.ready.notify_all()
 
     def __iter__(self) -> Iterator[Frame]:
-        self.start()
-        while not self.stopped.is_set():
-            with self.ready:
-                if not self.frames:
-                    self.ready.wait(0.1)
-                frame = self.frames.popleft() if self.frames else None
-            if frame is not None:
-                yield frame
+        """Free-running: every frame, in order, read on the caller's thread (no hand-over between threads)."""
+        if self._thread is not None:
+            raise EdgeError(f"{self.name} is already read in the background for triggered parts")
+        yield from self._frames()
 
     def _send_triggers(self) -> None:
         """Trigger commands, in order, off the capture thread: a camera that went away answers a command only

@@ -354,3 +354,13 @@ def test_a_missing_camera_library_is_named_with_what_to_install(tmp_path, bundle
         pytest.skip("picamera2 is installed here")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "python3-picamera2" in out.stderr and "--system-site-packages" in out.stderr
+
+
+def test_camera_bench_sets_the_source_beside_a_bare_aravis_loop(fake_camera):
+    from bench.camera import run_camera_benchmark
+
+    r = run_camera_benchmark(fake_camera.id, fps=100, seconds=0.5)
+    bare, ours = r["bare_aravis_loop"], r["qc_aravis_source"]
+    assert bare["frames"] > 0 and ours["frames"] > 0 and ours["cpu_ms_per_frame"] > 0
+    assert r["rate_vs_bare"] == pytest.approx(ours["frames_per_s"] / bare["frames_per_s"], abs=1e-3)
+    assert r["meets_target"] == (r["rate_vs_bare"] >= r["target"])

@@ -98,7 +98,10 @@ def review(a):
 
 
 def _bench_args(p):
-    p.add_argument("--bundle", type=Path, required=True, help="model bundle to measure")
+    p.add_argument("--bundle", type=Path, help="model bundle to measure (the pipeline benchmark)")
+    p.add_argument("--source", choices=["aravis"], help="measure a camera source instead: aravis, against a bare "
+                   "Aravis loop (Debian's fake GigE Vision camera unless --camera)")
+    p.add_argument("--camera", help="with --source aravis: a camera id from `qc cameras`")
     p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
     p.add_argument("--threads", type=int, help="LiteRT CPU threads per interpreter (default: as qc run)")
     p.add_argument("--workers", type=int, help="pipeline workers (default: as qc run)")
@@ -107,11 +110,22 @@ def _bench_args(p):
 
 
 @command("bench", "benchmark the edge pipeline on 640x480 frames against its stages and a naive loop; with the "
-         "train extra, the default backbone's invoke time beside the previous default's (JSON)", _bench_args)
+         "train extra, the default backbone's invoke time beside the previous default's; or a camera source "
+         "against its bare driver loop (JSON)", _bench_args)
 def bench(a):
     import sys
 
-    from bench.edge_pipeline import run_benchmark
     from bench.record import emit
+    from edge.errors import EdgeError
 
-    emit(run_benchmark(a.bundle, a.frames, a.threads, a.seconds, a.workers), "qc " + " ".join(sys.argv[1:]))
+    command = "qc " + " ".join(sys.argv[1:])
+    if a.source == "aravis":
+        from bench.camera import run_camera_benchmark
+
+        emit(run_camera_benchmark(a.camera, seconds=a.seconds), command)
+    elif a.bundle is None:
+        raise EdgeError("--bundle is needed (or --source aravis)")
+    else:
+        from bench.edge_pipeline import run_benchmark
+
+        emit(run_benchmark(a.bundle, a.frames, a.threads, a.seconds, a.workers), command)
