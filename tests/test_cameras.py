@@ -364,3 +364,20 @@ def test_camera_bench_sets_the_source_beside_a_bare_aravis_loop(fake_camera):
     assert bare["frames"] > 0 and ours["frames"] > 0 and ours["cpu_ms_per_frame"] > 0
     assert r["rate_vs_bare"] == pytest.approx(ours["frames_per_s"] / bare["frames_per_s"], abs=1e-3)
     assert r["meets_target"] == (r["rate_vs_bare"] >= r["target"])
+
+
+def test_aravis_camera_mode_arms_the_trigger_input_and_takes_no_frame_untriggered(fake_camera):
+    from edge.cameras import AravisSource
+
+    src = AravisSource(SourceConfig(kind="aravis", path=fake_camera.id, pixel_format="Mono8",
+                                    region=(0, 0, 64, 64), trigger_line="Line0"), trigger="camera")
+    src.start()
+    deadline = time.monotonic() + 20
+    while not src.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    cam = src.cam
+    armed = (cam.get_string("TriggerMode"), cam.get_string("TriggerSource"))
+    src.close()
+    assert armed == ("On", "Line0")
+    assert src.counts["frames"] == 0  # the line was never pulsed: the camera waits for its part
