@@ -50,7 +50,7 @@ class SourceConfig(Strict):
     exposure_us: float | None = Field(None, gt=0, description="aravis, picamera2: exposure time in microseconds")
     gain: float | None = Field(None, ge=0, description="aravis, picamera2: analogue gain")
     trigger_line: str = Field("Line1", description="aravis with trigger.mode camera: the camera's trigger input")
-    buffers: int = Field(8, ge=2, le=64, description="aravis: stream buffers in the driver")
+    buffers: int = Field(8, ge=2, le=64, description="aravis: stream buffers in the driver; gstreamer: appsink queue")
     bgr: bool = Field(True, description="frames arrive as OpenCV BGR (folder images and camera kinds are BGR)")
     reconnect_min_s: float = Field(0.5, gt=0, description="camera/stream: first reconnect wait")
     reconnect_max_s: float = Field(10.0, gt=0, description="camera/stream: longest reconnect wait")
