@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from systemd_watchdog import WatchDog
 
 from edge import tiles
 from edge.bundle import Bundle, load_bundle
@@ -115,7 +116,10 @@ class Runtime:
         self._finished: dict[int, tuple] = {}
         self._next_out = 0
         self._captured = 0
-        self._watch = self._bundle_mtime()
+        self._watch_mtime = self._bundle_mtime()
+        self.watchdog = WatchDog()  # systemd's (Type=notify, WatchdogSec); idle outside systemd
+        self.beats: dict[str, float] = {}
+        self._stuck = False
         self.light.set("running")
 
     @property
@@ -265,7 +269,15 @@ class Runtime:
         self.triggers.put((stamp, time.monotonic() if self.clock.manual else stamp))
 
     def _work(self, worker: int) -> None:
-        while (part := self.parts.get()) is not _STOP:
+        name = f"inspect-{worker}"
+        while True:
+            self.beats[name] = time.monotonic()  # alive: between parts, and after each
+            try:
+                part = self.parts.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if part is _STOP:
+                break
             try:
                 self._inspect(part, worker)
             except Exception as exc:  # a fault here must neither lose the part nor stop the worker
@@ -274,6 +286,17 @@ class Runtime:
                     part.frame.error = f"internal: {exc!r}"
                     self._finish(part, failsafe("failsafe", self.cfg.decision.on_error))
         self.parts.put(_STOP)  # pass the stop on to the next worker
+
+    def _watch(self) -> None:
+        """Tell systemd the service is alive (WATCHDOG=1) only while every worker is: one stuck on a part for half
+        the watchdog interval stops the pings, and systemd restarts the service."""
+        limit = self.watchdog.timeout / 2e6
+        stuck = [name for name, t in self.beats.items() if time.monotonic() - t > limit]
+        if not stuck:
+            self.watchdog.ping()
+        elif not self._stuck:
+            self.alarm("stuck", f"{', '.join(stuck)} stuck for more than {limit:.1f} s: watchdog pings stopped")
+        self._stuck = bool(stuck)
 
     def _inspect(self, part: _Part, worker: int) -> None:
         model, frame, on_error = self.model, part.frame, self.cfg.decision.on_error
@@ -393,6 +416,7 @@ class Runtime:
             self.source.start()  # a camera opens before the first part
         for t in threads:
             t.start()
+        self.watchdog.ready()
         t_end = time.monotonic() + duration if duration else None
         next_stats = time.monotonic() + self.cfg.stats_interval_s
         try:
@@ -401,11 +425,12 @@ class Runtime:
                     self.stop_event.set()
                     break
                 threads[-1].join(timeout=0.05)
+                self._watch()
                 if time.monotonic() >= next_stats:
                     next_stats += self.cfg.stats_interval_s
                     on_stats(Stats.line(self._publish_stats()))
-                    if self.cfg.reload_watch and (mtime := self._bundle_mtime()) != self._watch:
-                        self._watch = mtime
+                    if self.cfg.reload_watch and (mtime := self._bundle_mtime()) != self._watch_mtime:
+                        self._watch_mtime = mtime
                         self.reload()
         except BaseException:
             self.gate.safe()
