@@ -156,3 +156,31 @@ def test_rpi_backend_names_the_package_when_missing():
 
     with pytest.raises(QCError, match="RPi.GPIO"):
         make_backend("rpi")
+
+
+def test_a_gpio_library_that_fails_at_setup_stops_qc_run_once_with_a_named_error(tmp_path, bundle_dir, synth32):
+    """RPi.GPIO on a Pi 5 imports, then raises at the first setup(): `qc run` exits 2 (the unit's
+    RestartPreventExitStatus) with one line naming the library, the board and the fix."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "fake" / "RPi"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "GPIO.py").write_text(
+        "BCM = OUT = IN = HIGH = LOW = PUD_UP = PUD_DOWN = BOTH = 0\n"
+        "def setwarnings(flag): pass\n"
+        "def setmode(mode): pass\n"
+        "def cleanup(): pass\n"
+        "def setup(*args, **kwargs):\n"
+        "    raise RuntimeError('Cannot determine SOC peripheral base address')\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "qc", "run", "--bundle", str(bundle_dir), "--source",
+                          str(synth32 / "test"), "--gpio", "rpi", "--max-parts", "2"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={"PYTHONPATH": f"{fake.parent}:{root}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr
+    assert "GPIO 17 (output)" in lines[0] and "Cannot determine SOC peripheral base address" in lines[0]
+    assert "rpi-lgpio" in lines[0]
