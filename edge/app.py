@@ -32,7 +32,7 @@ def build_runtime(cfg: EdgeConfig, *, events: Path | None = None, telemetry: Tel
     if events:
         telemetry = JsonlTee(telemetry, events)
     clock = clock or RealClock()
-    gpio = gpio or make_backend(cfg.gpio.backend, clock)
+    gpio = gpio or make_backend(cfg.gpio.backend, clock, cfg.gpio.chip)
     encoder = Encoder(gpio, cfg.gpio.encoder) if cfg.gpio.encoder else None
     line = LineIO(gpio, clock, RejectGate(gpio, cfg.gpio.gate, clock, encoder), StackLight(gpio, cfg.gpio.stack_light),
                   encoder)

@@ -11,20 +11,27 @@ __all__ = ["BACKENDS", "GPIOBackend", "GPIOConfig", "ManualClock", "RealClock", 
            "RejectGate", "Scheduled", "StackLight", "make_backend"]
 
 
-def _sim(clock):
+def _sim(clock, chip):
     from firmware_io.gpio.sim import SimGPIO
 
     return SimGPIO(clock)
 
 
-def _rpi(clock):
+def _rpi(clock, chip):
     from firmware_io.gpio.rpi import RPiGPIO
 
     return RPiGPIO(clock)
 
 
-BACKENDS = {"sim": _sim, "rpi": _rpi}
+def _gpiod(clock, chip):
+    from firmware_io.gpio.libgpiod import GpiodGPIO
+
+    return GpiodGPIO(clock, chip)
 
 
-def make_backend(name: str, clock=None) -> GPIOBackend:
-    return BACKENDS[name](clock or RealClock())
+BACKENDS = {"sim": _sim, "rpi": _rpi, "gpiod": _gpiod}
+
+
+def make_backend(name: str, clock=None, chip: str | None = None) -> GPIOBackend:
+    """`chip`: the gpiod backend's GPIO chip (None: a Pi's header chip, else gpiochip0)."""
+    return BACKENDS[name](clock or RealClock(), chip)

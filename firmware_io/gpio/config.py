@@ -55,7 +55,11 @@ class StackLightConfig(Strict):
 
 
 class GPIOConfig(Strict):
-    backend: Literal["sim", "rpi"] = Field("sim", description="sim (records every edge) or rpi (RPi.GPIO API)")
+    backend: Literal["sim", "gpiod", "rpi"] = Field(
+        "sim", description="sim (records every edge); gpiod (the kernel's GPIO device: a Pi 5, a Pi 4, a Jetson, "
+        "any Linux board); rpi (the RPi.GPIO API)")
+    chip: str | None = Field(None, description="gpiod: the GPIO chip, e.g. /dev/gpiochip0, whose line offsets the "
+                             "pins are (None: a Pi's header chip, where they are BCM numbers, else gpiochip0)")
     gate: GateConfig = Field(default_factory=GateConfig)
     part_sensor: InputConfig | None = Field(None, description="part-present input, for triggered capture")
     encoder: EncoderConfig | None = Field(None, description="belt encoder, for distance-based firing")
@@ -69,9 +73,12 @@ class GPIOConfig(Strict):
                 named.append((f"{key}.pin", getattr(self, key).pin))
         named += [(f"stack_light.{k}", v) for k, v in self.stack_light.model_dump().items() if v is not None]
         seen: dict[int, str] = {}
+        bcm = self.backend != "gpiod" or self.chip is None  # on another chip, pins are its line offsets
         for name, pin in named:
-            if pin not in BCM_PINS:
+            if bcm and pin not in BCM_PINS:
                 raise ValueError(f"{name} = {pin} is not a BCM GPIO pin (0-27)")
+            if pin < 0:
+                raise ValueError(f"{name} = {pin} is not a line offset")
             if pin in seen:
                 raise ValueError(f"{name} and {seen[pin]} both use GPIO {pin}")
             seen[pin] = name

@@ -30,8 +30,8 @@ class RPiGPIO:
         try:
             import RPi.GPIO as GPIO  # noqa: N814
         except (ImportError, RuntimeError) as exc:
-            raise FirmwareIOError("the rpi GPIO backend needs the RPi.GPIO API: pip install 'qc-inspect[pi]' "
-                                  "(RPi.GPIO on a Pi up to 4, rpi-lgpio on a Pi 5, Jetson.GPIO on a Jetson)") from exc
+            raise FirmwareIOError("the rpi GPIO backend needs the RPi.GPIO API: pip install RPi.GPIO (a Pi up to 4), "
+                                  "rpi-lgpio (a Pi 5) or Jetson.GPIO (a Jetson); or use gpio.backend gpiod") from exc
         self.gpio = GPIO
         self.clock = clock or RealClock()
         GPIO.setwarnings(False)
