@@ -146,9 +146,18 @@ def _camera(r):
             f"{bare['cpu_ms_per_frame']} ms CPU per frame", f"at least {r['target']} x the bare loop's rate")
 
 
+def _wheels(r):
+    boxes = r["boxes"]
+    return ("; ".join(f"{k} (Python {b['python']}, glibc {b['glibc']}): {len(b['wheels'])} binary wheels"
+                      + ("" if b["ok"] else f", failed: {' '.join(b['errors'])[:200]}") for k, b in boxes.items()),
+            "pip's own resolution with `--only-binary=:all:` and every manylinux tag up to the box's glibc",
+            "every dependency of the box a binary wheel for aarch64")
+
+
 FORMAT = {"synth": _synth, "reject_timing": _reject_timing, "telemetry": _telemetry, "export": _export,
           "train_quality": _train_quality, "default_backbone": _default_backbone, "edge_pipeline": _edge_pipeline,
-          "any_dataset": _any_dataset, "camera_aravis": _camera}
+          "any_dataset": _any_dataset, "camera_aravis": _camera,
+          "wheels": _wheels}
 
 
 def render(results: list[dict]) -> str:
