@@ -148,7 +148,7 @@ def test_part_sensor_edges_carry_the_kernels_time_and_the_gate_fires_through_lin
     rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=6), tmp_path, decision__threshold=0.0,
                            trigger__mode="part_sensor", gpio__backend="gpiod", gpio__chip="/dev/gpiochip0",
                            gpio__part_sensor={"pin": 4, "pull_up": True, "debounce_ms": 1},
-                           gpio__gate={"pins": [17], "delay_ms": 150, "pulse_ms": 5, "min_gap_ms": 0})
+                           gpio__gate={"pins": [17], "delay_ms": 1000, "pulse_ms": 5, "min_gap_ms": 0})
     asked = {offset: (path, consumer, s) for path, consumer, offset, s in kernel.asked}
     assert asked[17][2].direction == Direction.OUTPUT and asked[17][2].output_value == Value.INACTIVE
     assert asked[4][2].bias == Bias.PULL_UP and asked[4][2].edge_detection == Edge.BOTH
@@ -165,7 +165,7 @@ def test_part_sensor_edges_carry_the_kernels_time_and_the_gate_fires_through_lin
             sensed.append(t)
             kernel.edge(4, 0, t)  # a part pulls the line low (pull-up sensor) ...
             kernel.edge(4, 1, t + 0.002)  # ... and lets it go
-        time.sleep(0.6)
+        time.sleep(1.3)  # the last part reaches the gate (decided well within the 1 s delay, even on a busy machine)
         rt.stop_event.set()
 
     thread = threading.Thread(target=conveyor)

@@ -35,7 +35,7 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck(bundle_dir, synth32, tmp_pa
     sock.bind(str(sock_path))
     sock.settimeout(0.1)
     monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
-    monkeypatch.setenv("WATCHDOG_USEC", "600000")  # 0.6 s: pings every 0.3 s; a worker stale 0.3 s stops them
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # 2 s: pings every 1 s; a worker stale 1 s stops them
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=12), tmp_path, source__rate_hz=20,
                            source__loop=True)
@@ -55,10 +55,10 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck(bundle_dir, synth32, tmp_pa
     marks = {}
 
     def script():
-        time.sleep(1.5)
+        time.sleep(3.0)
         marks["hang"] = time.monotonic()
         hang.set()
-        time.sleep(2.0)
+        time.sleep(4.0)
         marks["release"] = time.monotonic()
         hang.clear()
         release.set()
@@ -75,10 +75,11 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck(bundle_dir, synth32, tmp_pa
     pings = pinged
     assert any(msg.startswith("READY=1") for _, msg in got)
     assert sum(msg.startswith("WATCHDOG=1") for _, msg in got) == len(pings)
-    assert sum(t < marks["hang"] for t in pings) >= 3  # alive: pings every half interval
-    # the workers are stuck on the first parts after the hang (0.05 s apart at 20 parts/s) and stale 0.3 s
-    # later; a second of margin on a loaded machine, a second in which 3 pings were due
-    assert not [t for t in pings if marks["hang"] + 1.0 < t < marks["release"]], [round(t - marks["hang"], 2) for t in pings]
+    assert any(t < marks["hang"] for t in pings)  # alive: pings every half interval
+    # the workers are stuck on the first parts after the hang (0.05 s apart at 20 parts/s) and stale 1 s later;
+    # another second of margin on a loaded machine leaves 2 s in which 2 pings were due
+    assert not [t for t in pings if marks["hang"] + 2.0 < t < marks["release"]], [round(t - marks["hang"], 2)
+                                                                                  for t in pings]
     assert any(t > marks["release"] for t in pings)  # it came back: pings again
     assert any(a["kind"] == "stuck" for a in tel.alarms)
 
