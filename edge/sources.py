@@ -73,12 +73,12 @@ class Recorded:
     """Frames read from files. In a triggered mode each trigger reads the next one: a recorded frame stands for
     the part photographed at its trigger, so it is stamped when it is read, after the trigger."""
 
-    _frames: Iterator[Frame] | None = None
+    _reading: Iterator[Frame] | None = None
 
     def grab(self, after: float, timeout: float) -> Frame:
-        if self._frames is None:
-            self._frames = iter(self)
-        frame = next(self._frames, None)
+        if self._reading is None:
+            self._reading = iter(self)
+        frame = next(self._reading, None)
         if frame is None:
             raise EOFError("no more frames")
         frame.stamp, frame.wall = time.monotonic(), time.time()
@@ -151,7 +151,7 @@ class LiveSource:
 
     live = True
     takes_trigger = False
-    KEEP = 64  # frames kept for a slow reader; beyond, the oldest are dropped, counted and alarmed
+    KEEP = 64  # frames kept between triggers; beyond, the oldest are dropped (counted: between parts, normal)
 
     def __init__(self, cfg: SourceConfig, on_alarm: Callable[[str, str], None] | None = None):
         self.cfg = cfg
