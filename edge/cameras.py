@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import SourceConfig
+from edge.config import BOX_TRIGGERED, SourceConfig
 from edge.errors import EdgeError
 from edge.sources import LiveSource
 
@@ -99,7 +99,7 @@ class AravisSource(LiveSource):
         super().__init__(cfg, on_alarm)
         self.Aravis = require("aravis")
         self.mode = trigger
-        self.takes_trigger = trigger in ("part_sensor", "encoder")
+        self.takes_trigger = trigger in BOX_TRIGGERED
         self.clock = DeviceClock()
         self.cam = self.stream = None
         self.control_lost = False

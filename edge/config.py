@@ -16,7 +16,7 @@ from firmware_io.gpio.config import GPIOConfig
 from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.settings import Strict, load_yaml, validated
 
-__all__ = ["EdgeConfig", "load_config", "load_yaml", "validate_config", "validated"]
+__all__ = ["BOX_TRIGGERED", "EdgeConfig", "load_config", "load_yaml", "validate_config", "validated"]
 
 
 _CORES = os.cpu_count() or 2
@@ -54,6 +54,11 @@ class SourceConfig(Strict):
     bgr: bool = Field(True, description="frames arrive as OpenCV BGR (folder images and camera kinds are BGR)")
     reconnect_min_s: float = Field(0.5, gt=0, description="camera/stream: first reconnect wait")
     reconnect_max_s: float = Field(10.0, gt=0, description="camera/stream: longest reconnect wait")
+
+
+# the modes in which the box triggers each part (its frame is grabbed after the trigger); in the others each
+# frame the source delivers is a part
+BOX_TRIGGERED = ("part_sensor", "encoder")
 
 
 class TriggerConfig(Strict):
