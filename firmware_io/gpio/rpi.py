@@ -7,6 +7,7 @@ device logic on the simulated backend; no real pin was driven in CI.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from firmware_io.errors import FirmwareIOError
 from firmware_io.gpio.base import EdgeCallback, RealClock
@@ -18,7 +19,7 @@ _FIX = ("on a Pi 5, RPi.GPIO cannot reach the GPIO (\"Cannot determine SOC perip
 
 def _board() -> str:
     try:
-        return open("/proc/device-tree/model").read().strip("\x00\n ") or "this board"
+        return Path("/proc/device-tree/model").read_text().strip("\x00\n ") or "this board"
     except OSError:
         return "this board"
 
