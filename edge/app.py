@@ -9,18 +9,25 @@ from pathlib import Path
 
 from edge.config import EdgeConfig
 from edge.pipeline import LineIO, Runtime
-from edge.sources import make_source
+from edge.sources import LiveSource, make_source
 from edge.store import RejectStore
 from edge.telemetry import JsonlTee, MemoryTelemetry, Telemetry
+from firmware_io.errors import QCError
 from firmware_io.gpio import Encoder, PartSensor, RealClock, RejectGate, StackLight, make_backend
 
 __all__ = ["build_runtime"]
 
+STARTUP_ALARM_WAIT_S = 5.0  # how long a failed start waits for the broker to take its alarm
+
 
 def build_runtime(cfg: EdgeConfig, *, events: Path | None = None, telemetry: Telemetry | None = None,
                   gpio=None, clock=None, source=None) -> Runtime:
-    """A runtime wired from `cfg`. `events` also appends every inspection to a JSONL file; `telemetry`,
-    `gpio`, `clock` and `source` replace what the config would build."""
+    """A runtime wired from `cfg`, its camera open. `events` also appends every inspection to a JSONL file;
+    `telemetry`, `gpio`, `clock` and `source` replace what the config would build.
+
+    A GPIO line, camera or model that cannot be opened is a start-up error (QCError: `qc run` exits 2, which
+    the unit does not restart on), alarmed as `startup_failed` where telemetry reaches: over MQTT when the
+    broker answers within STARTUP_ALARM_WAIT_S, else it stays in the spool for the next start."""
     mqtt = None
     if telemetry is None:
         if cfg.mqtt.enabled:
@@ -31,8 +38,21 @@ def build_runtime(cfg: EdgeConfig, *, events: Path | None = None, telemetry: Tel
             telemetry = MemoryTelemetry()
     if events:
         telemetry = JsonlTee(telemetry, events)
-    clock = clock or RealClock()
-    gpio = gpio or make_backend(cfg.gpio.backend, clock, cfg.gpio.chip)
+    try:
+        runtime = _wire(cfg, telemetry, gpio, clock or RealClock(), source)
+    except QCError as exc:
+        telemetry.alarm("startup_failed", str(exc))
+        if mqtt is not None:
+            mqtt.connected.wait(STARTUP_ALARM_WAIT_S)
+        telemetry.close()
+        raise
+    if mqtt and cfg.mqtt.commands:
+        mqtt.on_command(runtime.command)
+    return runtime
+
+
+def _wire(cfg: EdgeConfig, telemetry: Telemetry, gpio, clock, source) -> Runtime:
+    gpio = gpio or make_backend(cfg.gpio.backend, clock)
     encoder = Encoder(gpio, cfg.gpio.encoder) if cfg.gpio.encoder else None
     line = LineIO(gpio, clock, RejectGate(gpio, cfg.gpio.gate, clock, encoder), StackLight(gpio, cfg.gpio.stack_light),
                   encoder)
@@ -41,10 +61,10 @@ def build_runtime(cfg: EdgeConfig, *, events: Path | None = None, telemetry: Tel
     source = source if source is not None else make_source(cfg.source, lambda kind, msg: runtime.alarm(kind, msg),
                                                             cfg.trigger.mode)
     runtime = Runtime(cfg, telemetry, line, source, store)
+    if isinstance(source, LiveSource):
+        source.open(cfg.source.open_timeout_s)
     if cfg.trigger.mode == "part_sensor":
         PartSensor(gpio, cfg.gpio.part_sensor, runtime.on_part)
     elif cfg.trigger.mode == "encoder":
         encoder.listeners.append(runtime.on_count)
-    if mqtt and cfg.mqtt.commands:
-        mqtt.on_command(runtime.command)
     return runtime

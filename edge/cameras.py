@@ -93,6 +93,8 @@ class AravisSource(LiveSource):
     """A GigE Vision or USB3 Vision camera. Free-running at `fps`; in part_sensor or encoder mode it exposes on
     a software trigger the box sends at each part; in `camera` mode on its own trigger input (`trigger_line`)."""
 
+    FIX = ("list the cameras with `qc cameras` (arv-tool-0.8 on the same link); check the cable, the camera's IP "
+           "address and that no other program holds the camera")
     STREAM_FAULTS = ("n_failures", "n_underruns", "n_missing_frames", "n_timeouts", "n_aborted")
 
     def __init__(self, cfg: SourceConfig, on_alarm=None, trigger: str = "free"):
@@ -196,6 +198,8 @@ class GstSource(LiveSource):
     """A GStreamer pipeline (`source.pipeline`, ideally a live source) ending in an appsink that hands BGR frames
     over; each frame is stamped with its buffer's capture time on the pipeline clock."""
 
+    FIX = "try source.pipeline with gst-launch-1.0 on this box (its elements from gst-inspect-1.0)"
+
     def __init__(self, cfg: SourceConfig, on_alarm=None, trigger: str = "free"):
         super().__init__(cfg, on_alarm)
         self.Gst = require("gstreamer")
@@ -266,6 +270,8 @@ class GstSource(LiveSource):
 class PiCameraSource(LiveSource):
     """The Raspberry Pi camera through Picamera2 (libcamera), free-running at `fps`; each frame is stamped with
     the sensor's start-of-frame time (SensorTimestamp, the monotonic clock)."""
+
+    FIX = "check the ribbon cable and that `rpicam-hello --list-cameras` lists the camera"
 
     def __init__(self, cfg: SourceConfig, on_alarm=None, trigger: str = "free"):
         super().__init__(cfg, on_alarm)

@@ -54,6 +54,8 @@ class SourceConfig(Strict):
     bgr: bool = Field(True, description="frames arrive as OpenCV BGR (folder images and camera kinds are BGR)")
     reconnect_min_s: float = Field(0.5, gt=0, description="camera/stream: first reconnect wait")
     reconnect_max_s: float = Field(10.0, gt=0, description="camera/stream: longest reconnect wait")
+    open_timeout_s: float = Field(20.0, ge=0, description="camera/stream: how long the first open at start may "
+                                  "take (a slow boot or link); then a start-up error")
 
 
 # the modes in which the box triggers each part (its frame is grabbed after the trigger); in the others each

@@ -110,6 +110,7 @@ class Runtime:
         self.triggers: queue.Queue = queue.Queue()  # trigger stamps: the part sensor's times or encoder counts
         self.parts: queue.Queue = queue.Queue(cfg.pipeline.queue_size)
         self.stop_event = threading.Event()
+        self.running = threading.Event()  # set once every thread of `run` is up
         self.paused = threading.Event()
         self.snapshot_next = threading.Event()
         self._order = threading.Lock()
@@ -416,6 +417,7 @@ class Runtime:
             self.source.start()  # a camera opens before the first part
         for t in threads:
             t.start()
+        self.running.set()
         self.watchdog.ready()
         t_end = time.monotonic() + duration if duration else None
         next_stats = time.monotonic() + self.cfg.stats_interval_s

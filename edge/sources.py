@@ -151,6 +151,7 @@ class LiveSource:
 
     live = True
     takes_trigger = False
+    FIX = "check the camera with `qc cameras`"  # what to try when it does not open at start
     KEEP = 64  # frames kept between triggers; beyond, the oldest are dropped (counted: between parts, normal)
 
     def __init__(self, cfg: SourceConfig, on_alarm: Callable[[str, str], None] | None = None):
@@ -186,6 +187,20 @@ class LiveSource:
     @property
     def stats(self) -> dict:
         return dict(self.counts) | {"connected": self.connected}
+
+    def open(self, timeout: float) -> None:
+        """Open the camera before the run. One that does not open within `timeout` (time for a slow boot or
+        link) is a start-up error naming the camera, its library and the fix; once open, a loss is reopened."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._open()
+                break
+            except Exception as exc:
+                if time.monotonic() >= deadline or self.stopped.wait(self.cfg.reconnect_min_s):
+                    raise EdgeError(f"{self.name} did not open within {timeout:g}s: {exc}; {self.FIX}") from None
+        self.counts["opened"] += 1
+        self.connected = True
 
     def start(self) -> None:
         """Open the camera and keep reading it in the background, for `grab` (triggered capture)."""
@@ -307,6 +322,12 @@ class OpenCVCamera(LiveSource):
     time of its exposure."""
 
     cap = None
+
+    @property
+    def FIX(self) -> str:  # noqa: N802
+        if self.cfg.kind == "stream":
+            return "check the URL and that the stream answers (ffprobe URL), through OpenCV's FFmpeg"
+        return "check the device with `qc cameras` and v4l2-ctl --list-devices, and that this user is in the video group"
 
     def _open(self) -> None:
         target: int | str = self.cfg.path

@@ -21,9 +21,6 @@ from edge.sources import LiveSource
 from .test_pipeline import check_one_decision_each, make_runtime
 
 FAKE_CAMERA = "arv-fake-gv-camera-0.8"
-STAND_IN = {"kind": "camera", "path": "0"}  # replaced by a stand-in before the run
-
-
 def _library(kind):
     from edge.cameras import require
 
@@ -75,10 +72,9 @@ def _conveyor(rt, n, every=0.07, pin=4):
 
 
 def test_every_triggered_part_gets_a_frame_exposed_after_its_trigger(bundle_dir, tmp_path):
-    cam = FreeRunning()
-    rt, tel = make_runtime(bundle_dir, tmp_path, tmp_path, trigger__mode="part_sensor", source=STAND_IN,
+    cam = FreeRunning()  # the frames of a camera that runs on its own, taken while parts come
+    rt, tel = make_runtime(bundle_dir, tmp_path, tmp_path, cam, trigger__mode="part_sensor",
                            gpio__part_sensor={"pin": 4, "debounce_ms": 1})
-    rt.source = cam  # the frames of a camera that runs on its own, taken while parts come
     sent, conveyor = _conveyor(rt, 8)
     rt.run(on_stats=lambda line: None)
     conveyor.join()
@@ -95,9 +91,8 @@ def test_a_trigger_without_a_frame_is_one_fail_safe_camera_lost_decision(bundle_
         def _read(self, timeout):
             time.sleep(timeout)  # the camera sends nothing
 
-    rt, tel = make_runtime(bundle_dir, tmp_path, tmp_path, trigger__mode="part_sensor",
-                           trigger__frame_timeout_ms=50, source=STAND_IN, gpio__part_sensor={"pin": 4, "debounce_ms": 1})
-    rt.source = Dead()
+    rt, tel = make_runtime(bundle_dir, tmp_path, tmp_path, Dead(), trigger__mode="part_sensor",
+                           trigger__frame_timeout_ms=50, gpio__part_sensor={"pin": 4, "debounce_ms": 1})
     _, conveyor = _conveyor(rt, 4)
     rt.run(on_stats=lambda line: None)
     conveyor.join()
@@ -181,7 +176,7 @@ def test_aravis_software_trigger_per_part_and_a_camera_killed_mid_run(fake_camer
 
         try:
             deadline = time.monotonic() + 20
-            while not rt.source.connected and time.monotonic() < deadline:  # the box is up before the line starts
+            while not rt.running.is_set() and time.monotonic() < deadline:  # the box is up before the line starts
                 time.sleep(0.02)
             for _ in range(10):
                 part()
@@ -381,3 +376,36 @@ def test_aravis_camera_mode_arms_the_trigger_input_and_takes_no_frame_untriggere
     src.close()
     assert armed == ("On", "Line0")
     assert src.counts["frames"] == 0  # the line was never pulsed: the camera waits for its part
+
+
+class Opens(FreeRunning):
+    """A camera that answers only from its `fails`-th attempt on (a slow boot, a link coming up)."""
+
+    def __init__(self, fails):
+        super().__init__()
+        self.fails, self.attempts = fails, 0
+        self.cfg = SourceConfig(kind="camera", path="stand-in", reconnect_min_s=0.05)
+
+    def _open(self):
+        self.attempts += 1
+        if self.attempts <= self.fails:
+            raise OSError("No such device")
+
+
+def test_a_camera_opens_at_start_and_one_that_never_does_is_a_named_startup_error(bundle_dir, tmp_path):
+    slow = Opens(fails=3)
+    make_runtime(bundle_dir, tmp_path, tmp_path, slow, source__open_timeout_s=10)
+    assert slow.attempts == 4 and slow.connected  # opened before the run, after three tries
+
+    from edge.app import build_runtime
+    from edge.config import validate_config
+    from edge.telemetry import MemoryTelemetry
+
+    tel = MemoryTelemetry()
+    cfg = validate_config({"bundle": str(bundle_dir), "source": {"kind": "folder", "path": str(tmp_path),
+                                                                 "open_timeout_s": 0.3}})
+    with pytest.raises(EdgeError, match=r"camera 'stand-in' did not open within 0.3s: No such device; check the "
+                                        r"camera with `qc cameras`"):
+        build_runtime(cfg, telemetry=tel, source=Opens(fails=10**6))
+    (alarm,) = tel.alarms
+    assert alarm["kind"] == "startup_failed" and "did not open" in alarm["message"]

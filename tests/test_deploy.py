@@ -25,6 +25,14 @@ def test_example_configs_are_valid(name, capsys):
         assert code == 2 and f"source.kind {kind} needs" in out.err and "apt install" in out.err
 
 
+def test_a_pi_config_runs_the_kernels_gpio_by_default(monkeypatch):
+    from firmware_io.gpio import resolve
+
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    monkeypatch.setattr("sys.platform", "linux")
+    assert resolve(load_config(DEPLOY / "pi.yaml").gpio.backend) == "gpiod"
+
+
 def test_example_config_documents_every_field():
     text = (DEPLOY / "edge.example.yaml").read_text()
     cfg = load_config(DEPLOY / "edge.example.yaml")

@@ -1,5 +1,6 @@
 """Reject gate, inputs and stack light on the simulated backend with a manual clock: exact timing."""
 
+import json
 import time
 
 import pytest
@@ -9,6 +10,9 @@ from edge.errors import QCError
 from firmware_io.gpio import Encoder, GPIOConfig, ManualClock, PartSensor, RealClock, RejectGate, StackLight
 from firmware_io.gpio.config import GateConfig
 from firmware_io.gpio.sim import SimGPIO
+from firmware_io.mqtt.broker import LocalBroker
+
+from .test_mqtt import Listener, wait_for
 
 
 @pytest.fixture
@@ -138,7 +142,7 @@ def test_real_clock_thread_fires_on_time():
 
 @pytest.mark.parametrize("cfg, message", [
     ({"gate": {"pins": [17]}, "part_sensor": {"pin": 17}}, "part_sensor.pin and gate.pins\\[0\\] both use GPIO 17"),
-    ({"gate": {"pins": [40]}}, "gate.pins\\[0\\] = 40 is not a BCM GPIO pin"),
+    ({"gate": {"pins": [40]}}, "40 is not a BCM GPIO pin"),
     ({"gate": {"pulse_ms": 0}}, "gate.pulse_ms"),
     ({"gate": {"delay_ms": -5}}, "gate.delay_ms"),
     ({"gate": {"pulse_ms": 50, "part_pitch_ms": 40}}, "longer than gate.part_pitch_ms"),
@@ -176,11 +180,21 @@ def test_a_gpio_library_that_fails_at_setup_stops_qc_run_once_with_a_named_error
         "def setup(*args, **kwargs):\n"
         "    raise RuntimeError('Cannot determine SOC peripheral base address')\n")
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "qc", "run", "--bundle", str(bundle_dir), "--source",
-                          str(synth32 / "test"), "--gpio", "rpi", "--max-parts", "2"], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path, env={"PYTHONPATH": f"{fake.parent}:{root}", "PATH": "/usr/bin:/bin"})
+    broker = LocalBroker(tmp_path / "broker").start()
+    listener = Listener(broker.port, "qc/+/+/alarm")
+    try:
+        out = subprocess.run([sys.executable, "-m", "qc", "run", "--bundle", str(bundle_dir), "--source",
+                              str(synth32 / "test"), "--gpio", "rpi", "--max-parts", "2", "--mqtt", broker.url],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                             env={"PYTHONPATH": f"{fake.parent}:{root}", "PATH": "/usr/bin:/bin"})
+        assert wait_for(lambda: listener.msgs, timeout=5)  # the plant hears of it too: the broker was reachable
+    finally:
+        listener.stop()
+        broker.stop()
     assert out.returncode == 2, out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
+    lines = [line for line in out.stderr.strip().splitlines() if not line.startswith("[mqtt]")]
     assert len(lines) == 1 and "Traceback" not in out.stderr
     assert "GPIO 17 (output)" in lines[0] and "Cannot determine SOC peripheral base address" in lines[0]
     assert "rpi-lgpio" in lines[0]
+    (alarm,) = [json.loads(payload) for _, payload, _ in listener.msgs]
+    assert alarm["kind"] == "startup_failed" and "Cannot determine SOC peripheral base address" in alarm["message"]

@@ -20,7 +20,9 @@ from edge.telemetry import MemoryTelemetry
 from .conftest import write_card
 
 
-def make_runtime(bundle_dir, source_dir, tmp_path, **over):
+def make_runtime(bundle_dir, source_dir, tmp_path, camera=None, **over):
+    """A runtime on a paced folder source (or `camera`, a stand-in LiveSource), its settings overridden by
+    `section__key=value`."""
     # paced, so that a loaded CI machine does not overflow the queue unless a test wants it to
     values = {"bundle": str(bundle_dir), "source": {"kind": "folder", "path": str(source_dir), "rate_hz": 200},
               "store": {"dir": str(tmp_path / "rejects")}, "stats_interval_s": 0.2,
@@ -32,7 +34,7 @@ def make_runtime(bundle_dir, source_dir, tmp_path, **over):
             node = node.setdefault(p, {})
         node[leaf] = value
     tel = MemoryTelemetry()
-    return build_runtime(validate_config(values), telemetry=tel), tel
+    return build_runtime(validate_config(values), telemetry=tel, source=camera), tel
 
 
 def frames(synth32, tmp_path, n=12):

@@ -3,17 +3,32 @@ not fit between parts is an error that names the setting."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from firmware_io.settings import Strict
 
 BCM_PINS = range(0, 28)
+_CHIP_LINE = re.compile(r"[^:\s]+:[^:\s]+")
+
+
+def _pin(value: int | str) -> int | str:
+    if isinstance(value, str) and not _CHIP_LINE.fullmatch(value):
+        raise ValueError(f"{value!r} is not CHIP:LINE (e.g. gpiochip0:17, tegra234-gpio:PQ.05) or a BCM number")
+    if isinstance(value, int) and value not in BCM_PINS:
+        raise ValueError(f"{value} is not a BCM GPIO pin (0-27); name another chip's line as CHIP:LINE")
+    return value
+
+
+# a BCM number on a Pi's header, or CHIP:LINE: the chip by device (gpiochip0, /dev/gpiochip0) or label, the line
+# by offset or name (gpiod backend)
+Pin = Annotated[int | str, AfterValidator(_pin)]
 
 
 class GateConfig(Strict):
-    pins: list[int] = Field([17], min_length=1, description="one output pin per lane (BCM numbers)")
+    pins: list[Pin] = Field([17], min_length=1, description="one output pin per lane")
     active_high: bool = Field(True, description="the level that opens the gate")
     delay_ms: float | None = Field(300.0, gt=0, description="constant-speed line: capture to firing delay")
     distance_counts: int | None = Field(None, gt=0, description="variable-speed line: encoder counts to firing")
@@ -35,31 +50,29 @@ class GateConfig(Strict):
 
 
 class InputConfig(Strict):
-    pin: int = Field(description="BCM input pin")
+    pin: Pin = Field(description="input pin")
     pull_up: bool = Field(False, description="internal pull-up (sensor pulls low) instead of pull-down")
     debounce_ms: float = Field(5.0, ge=0, description="edges closer than this to the last accepted one are ignored")
 
 
 class EncoderConfig(Strict):
-    pin: int = Field(description="BCM input pin of the encoder's A channel")
+    pin: Pin = Field(description="input pin of the encoder's A channel")
     pull_up: bool = Field(False)
     counts_per_mm: float = Field(1.0, gt=0, description="to report the belt speed in mm/s")
     window: int = Field(32, ge=2, description="edges used for the speed estimate")
 
 
 class StackLightConfig(Strict):
-    green: int | None = Field(None, description="BCM pin: running")
-    amber: int | None = Field(None, description="BCM pin: warning")
-    red: int | None = Field(None, description="BCM pin: fault")
-    horn: int | None = Field(None, description="BCM pin: sounds with red")
+    green: Pin | None = Field(None, description="running")
+    amber: Pin | None = Field(None, description="warning")
+    red: Pin | None = Field(None, description="fault")
+    horn: Pin | None = Field(None, description="sounds with red")
 
 
 class GPIOConfig(Strict):
-    backend: Literal["sim", "gpiod", "rpi"] = Field(
-        "sim", description="sim (records every edge); gpiod (the kernel's GPIO device: a Pi 5, a Pi 4, a Jetson, "
-        "any Linux board); rpi (the RPi.GPIO API)")
-    chip: str | None = Field(None, description="gpiod: the GPIO chip, e.g. /dev/gpiochip0, whose line offsets the "
-                             "pins are (None: a Pi's header chip, where they are BCM numbers, else gpiochip0)")
+    backend: Literal["auto", "sim", "gpiod", "rpi"] = Field(
+        "auto", description="gpiod (the kernel's GPIO device: a Pi 5, a Pi 4, a Jetson, any Linux board); rpi (the "
+        "RPi.GPIO API); sim (records every edge); auto: gpiod on ARM Linux, else sim")
     gate: GateConfig = Field(default_factory=GateConfig)
     part_sensor: InputConfig | None = Field(None, description="part-present input, for triggered capture")
     encoder: EncoderConfig | None = Field(None, description="belt encoder, for distance-based firing")
@@ -72,16 +85,14 @@ class GPIOConfig(Strict):
             if getattr(self, key) is not None:
                 named.append((f"{key}.pin", getattr(self, key).pin))
         named += [(f"stack_light.{k}", v) for k, v in self.stack_light.model_dump().items() if v is not None]
-        seen: dict[int, str] = {}
-        bcm = self.backend != "gpiod" or self.chip is None  # on another chip, pins are its line offsets
+        seen: dict[int | str, str] = {}
         for name, pin in named:
-            if bcm and pin not in BCM_PINS:
-                raise ValueError(f"{name} = {pin} is not a BCM GPIO pin (0-27)")
-            if pin < 0:
-                raise ValueError(f"{name} = {pin} is not a line offset")
-            if pin in seen:
-                raise ValueError(f"{name} and {seen[pin]} both use GPIO {pin}")
-            seen[pin] = name
+            if self.backend == "rpi" and isinstance(pin, str):
+                raise ValueError(f"{name} = {pin!r}: the rpi backend takes BCM numbers; CHIP:LINE needs gpiod")
+            key = pin.removeprefix("/dev/") if isinstance(pin, str) else pin
+            if key in seen:
+                raise ValueError(f"{name} and {seen[key]} both use GPIO {pin}")
+            seen[key] = name
         if self.gate.distance_counts is not None and self.encoder is None:
             raise ValueError("gate.distance_counts needs an encoder: set encoder.pin")
         return self

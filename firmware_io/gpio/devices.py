@@ -19,7 +19,7 @@ class Encoder:
         self.listeners: list[Callable[[int], None]] = []
         gpio.setup_input(cfg.pin, cfg.pull_up, self._edge)
 
-    def _edge(self, pin: int, level: int, t: float) -> None:
+    def _edge(self, pin, level: int, t: float) -> None:
         if level != 1:
             return
         self.count += 1
@@ -40,9 +40,9 @@ class PartSensor:
         self.cfg, self.on_part = cfg, on_part
         self._last: float | None = None
         self.bounces = 0
-        gpio.setup_input(cfg.pin, cfg.pull_up, self._edge)
+        gpio.setup_input(cfg.pin, cfg.pull_up, self._edge, cfg.debounce_ms)
 
-    def _edge(self, pin: int, level: int, t: float) -> None:
+    def _edge(self, pin, level: int, t: float) -> None:
         active = 0 if self.cfg.pull_up else 1
         if level != active:
             return

@@ -52,7 +52,7 @@ class RPiGPIO:
         g = self.gpio
         self._setup(pin, "output", lambda: g.setup(pin, g.OUT, initial=g.HIGH if initial else g.LOW))
 
-    def setup_input(self, pin: int, pull_up: bool, on_edge: EdgeCallback | None) -> None:
+    def setup_input(self, pin: int, pull_up: bool, on_edge: EdgeCallback | None, debounce_ms: float = 0.0) -> None:
         g = self.gpio
         steps = [lambda: g.setup(pin, g.IN, pull_up_down=g.PUD_UP if pull_up else g.PUD_DOWN)]
         if on_edge:

@@ -12,7 +12,7 @@ def _run_args(p):
     p.add_argument("--bundle", type=Path, help="model bundle folder (overrides the config)")
     p.add_argument("--source", help="folder, video file, camera index, /dev/videoN or rtsp:// URL")
     p.add_argument("--rate", type=float, help="folder/video source: parts per second")
-    p.add_argument("--gpio", choices=["sim", "rpi"], help="GPIO backend")
+    p.add_argument("--gpio", choices=["auto", "gpiod", "rpi", "sim"], help="GPIO backend")
     p.add_argument("--mqtt", help="broker URL, e.g. mqtt://127.0.0.1 (turns telemetry on)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--max-parts", type=int, help="stop after this many parts")
