@@ -149,6 +149,7 @@ def _camera(r):
 def _wheels(r):
     boxes = r["boxes"]
     return ("; ".join(f"{k} (Python {b['python']}, glibc {b['glibc']}): {len(b['wheels'])} binary wheels"
+                      f", {b['megabytes']} MB"
                       + ("" if b["ok"] else f", failed: {' '.join(b['errors'])[:200]}") for k, b in boxes.items()),
             "pip's own resolution with `--only-binary=:all:` and every manylinux tag up to the box's glibc",
             "every dependency of the box a binary wheel for aarch64")

@@ -47,15 +47,21 @@ def bundle(a):
 
 
 def _package_args(p):
+    from qc.package import BOXES
+
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--config", type=Path, required=True, help="edge YAML for the box")
     p.add_argument("--unit", type=Path, default=UNIT, help="systemd unit (default deploy/qc-inspect.service)")
+    p.add_argument("--box", choices=list(BOXES), default="pi",
+                   help="the box: its extras and, with --wheels, its Python and platform (host: this machine's)")
+    p.add_argument("--wheels", action="store_true", help="also pack every dependency as a binary wheel for the box "
+                   "(needs the package index here), so that it installs with none")
     p.add_argument("--out", type=Path, required=True, help="box.tar.gz to write")
 
 
-@command("package", "pack what a box needs (bundle, config, systemd unit) into a tar.gz with SHA256SUMS",
-         _package_args)
+@command("package", "pack what a box needs (bundle, config, unit, the project's wheel, install.sh; with --wheels "
+         "every dependency) into a tar.gz with SHA256SUMS", _package_args)
 def package(a):
     from qc.package import package as make_package
 
-    return make_package(a.bundle, a.config, a.unit, a.out)
+    return make_package(a.bundle, a.config, a.unit, a.out, a.box, a.wheels)
