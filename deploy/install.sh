@@ -40,7 +40,7 @@ cp -r bundle "$root/opt/qc/bundle.new"
 if [ -d "$root/opt/qc/bundle" ]; then mv "$root/opt/qc/bundle" "$root/opt/qc/bundle.old"; fi
 mv "$root/opt/qc/bundle.new" "$root/opt/qc/bundle"
 install -m 0640 edge.yaml "$root/etc/qc/edge.yaml"
-"$venv/bin/qc" config check "$root/etc/qc/edge.yaml"
+"$venv/bin/qc" config check "$root/etc/qc/edge.yaml" --bundle "$root/opt/qc/bundle"
 install -m 0644 qc-inspect.service "$root/etc/systemd/system/qc-inspect.service"
 
 if ! getent passwd qc > /dev/null; then

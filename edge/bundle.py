@@ -182,8 +182,9 @@ def card_sha256(card: dict) -> str:
 class Bundle:
     """A checked bundle: its folder and its card."""
 
-    def __init__(self, path: Path, card: BundleCard):
+    def __init__(self, path: Path, card: BundleCard, models: dict[str, bytes] | None = None):
         self.path, self.card = Path(path), card
+        self._models = dict(models or {})  # file name -> its verified content
 
     @property
     def meta(self) -> dict:
@@ -210,6 +211,17 @@ class Bundle:
         state = "is Edge TPU ready, not compiled" if target else "was not exported for the Edge TPU"
         raise BundleError(f"{self.path} {state}: compile it with `qc bundle compile {self.path}` on an x86-64 "
                           "machine with edgetpu_compiler" + ("" if target else ", after `qc export --edgetpu`"))
+
+    def model_bytes(self, backend: str) -> bytes:
+        """The model a backend runs, as verified bytes in memory: an interpreter given a file maps it, and a
+        file overwritten in place under a mapping kills the process (SIGBUS)."""
+        file = self.model_for(backend)
+        if file.name not in self._models:
+            content = file.read_bytes()
+            expected = self.card.sha256 if file == self.model_path else self.card.edgetpu.sha256
+            _check_sha256(file, content, expected)
+            self._models[file.name] = content
+        return self._models[file.name]
 
     @property
     def only_compiled(self) -> bool:
@@ -270,14 +282,6 @@ class Bundle:
             f"quantize  {json.dumps(c.quantization)}",
             f"training  {json.dumps(c.training)}",
             f"metrics   {json.dumps(c.metrics)}"])
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_bundle(out: Path, model: bytes, card: dict, force: bool = False,
@@ -343,14 +347,23 @@ def load_bundle(path: str | Path) -> Bundle:
     targets = [(model, card.sha256)]
     if card.edgetpu and card.edgetpu.compiled_model_file:
         targets.append((path / card.edgetpu.compiled_model_file, card.edgetpu.sha256))
+    models = {}
     for file, expected in targets:
         if not file.is_file():
             raise BundleError(f"{path}: {file.name} is missing")
-        actual = sha256_file(file)
-        if actual != expected:
-            raise BundleError(f"{file}: sha256 {actual[:12]}... does not match model.json's {expected[:12]}... "
-                              "(truncated, tampered or from another bundle)")
-    return Bundle(path, card)
+        try:
+            models[file.name] = _check_sha256(file, file.read_bytes(), expected)
+        except OSError as exc:
+            raise BundleError(f"{file}: cannot be read ({exc.strerror})") from None
+    return Bundle(path, card, models)
+
+
+def _check_sha256(file: Path, content: bytes, expected: str) -> bytes:
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != expected:
+        raise BundleError(f"{file}: sha256 {actual[:12]}... does not match model.json's {expected[:12]}... "
+                          "(truncated, tampered or from another bundle)")
+    return content
 
 
 def tensor_spec(detail: dict) -> dict:

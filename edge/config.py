@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from edge.errors import EdgeError
+from edge.images import MAX_PIXELS
 from firmware_io.gpio.config import GPIOConfig
 from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.settings import Strict, load_yaml, validated
@@ -40,6 +41,8 @@ class SourceConfig(Strict):
     loop: bool = Field(False, description="folder/video: start again at the end")
     rate_hz: float | None = Field(None, gt=0, description="folder/video: parts per second, as on a line (None: "
                                   "as fast as the workers take them, every frame inspected)")
+    max_pixels: int = Field(MAX_PIXELS, gt=0, description="folder: an image over this many pixels is refused from "
+                            "its header, before decoding (a fail-safe too_large reject)")
     width: int | None = Field(None, gt=0, description="camera: requested frame width")
     height: int | None = Field(None, gt=0, description="camera: requested frame height")
     fps: float | None = Field(None, gt=0, description="camera: frame rate (free-running)")
@@ -56,6 +59,8 @@ class SourceConfig(Strict):
     reconnect_max_s: float = Field(10.0, gt=0, description="camera/stream: longest reconnect wait")
     open_timeout_s: float = Field(20.0, ge=0, description="camera/stream: how long the first open at start may "
                                   "take (a slow boot or link); then a start-up error")
+    stall_s: float = Field(5.0, gt=0, description="free-running: no frame for this long (or 3 frame periods) is a "
+                           "camera_lost alarm")
 
 
 # the modes in which the box triggers each part (its frame is grabbed after the trigger); in the others each

@@ -20,6 +20,7 @@ REASONS = {
     "camera_lost": "not inspected: no frame exposed after the part's trigger came from the camera in time",
     "paused": "not inspected: the line is paused by command",
     "late": "rejected, but decided after the part had passed the gate",
+    "too_large": "not inspected: the image's header announced more than source.max_pixels pixels",
     "gate_overflow": "to be rejected, but the gate already held gate.max_in_flight parts: not rejected",
 }
 

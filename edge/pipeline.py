@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ class Model:
     bundle: Bundle
     classifiers: tuple[Classifier, ...]
     locks: tuple[threading.Lock, ...]
+    threshold: float  # in force with this model: a part is decided with the model and threshold it was read with
 
 
 def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str | None = None):
@@ -96,8 +97,8 @@ class Runtime:
 
     def __init__(self, cfg: EdgeConfig, telemetry: Telemetry, line: LineIO, source, store: RejectStore | None):
         self.cfg = cfg
+        self.commanded: float | None = None  # a threshold set by command: it outlives reloads
         self.model = self.load_model(cfg.bundle)
-        self.threshold = cfg.decision.threshold if cfg.decision.threshold is not None else self.bundle.threshold
         self.telemetry = telemetry
         self.stats = Stats()
         self.boot = uuid.uuid4().hex[:8]
@@ -121,18 +122,26 @@ class Runtime:
         self.watchdog = WatchDog()  # systemd's (Type=notify, WatchdogSec); idle outside systemd
         self.beats: dict[str, float] = {}
         self._stuck = False
+        self._last_frame: float | None = None  # free-running: when the source last gave a frame
+        self._stalled = False
         self.light.set("running")
 
     @property
     def bundle(self) -> Bundle:
         return self.model.bundle
 
+    @property
+    def threshold(self) -> float:
+        return self.model.threshold
+
     def load_model(self, path: Path, sha256: str | None = None) -> Model:
+        """A bundle verified, its interpreters made and test-run, its threshold chosen: ready to swap in whole."""
         c = self.cfg.classifier
         bundle, first = verified_classifier(path, c.backend, c.num_threads, sha256)
         count = 1 if first.name == "edgetpu" else self.cfg.pipeline.workers
         more = [make_classifier(bundle, first.name, c.num_threads) for _ in range(count - 1)]
-        return Model(bundle, (first, *more), tuple(threading.Lock() for _ in range(count)))
+        threshold = next(t for t in (self.commanded, self.cfg.decision.threshold, bundle.threshold) if t is not None)
+        return Model(bundle, (first, *more), tuple(threading.Lock() for _ in range(count)), threshold)
 
     def on_count(self, count: int) -> None:
         if count % self.cfg.trigger.pitch_counts == 0:  # a part every pitch: the gate fires from the count
@@ -155,16 +164,16 @@ class Runtime:
             self.stats.count("telemetry_failed")
             print(f"[qc] telemetry failed: {exc}", file=sys.stderr, flush=True)
 
-    def _finish(self, part: _Part, d: Decision, bbox=None, bundle: Bundle | None = None) -> None:
+    def _finish(self, part: _Part, d: Decision, bbox=None, model: Model | None = None) -> None:
         """Act on a decision: the gate at once; telemetry and the reject store in capture order."""
         part.done = True
         event = None
         try:
-            event = self._act(part, d, bbox, bundle or self.bundle)
+            event = self._act(part, d, bbox, model or self.model)
         finally:  # even a fault here must not leave a gap that holds back every later part's event
             self._release(part.index, event, part.frame)
 
-    def _act(self, part: _Part, d: Decision, bbox, bundle: Bundle) -> dict:
+    def _act(self, part: _Part, d: Decision, bbox, model: Model) -> dict:
         frame, reason = part.frame, d.reason
         if d.decision == "reject":
             try:
@@ -183,8 +192,8 @@ class Runtime:
             "seq": part.index, "ts": frame.wall, "line": self.cfg.line, "station": self.cfg.station,
             "label": d.label, "score": None if np.isnan(d.score) else round(d.score, 5), "scores": d.scores,
             "decision": d.decision, "reason": reason, "latency_ms": round(latency, 2),
-            "model": {"name": bundle.name, "sha256": bundle.sha256},
-            "threshold": self.threshold, "box": bbox, "source": frame.origin,
+            "model": {"name": model.bundle.name, "sha256": model.bundle.sha256},
+            "threshold": model.threshold, "box": bbox, "source": frame.origin,
         }
         if frame.error:
             event["error"] = frame.error
@@ -234,6 +243,7 @@ class Runtime:
                     if (frame := next(frames, None)) is None:
                         break
                     stamp, lost = frame.stamp, False
+                    self._last_frame = time.monotonic()
                 if self.stop_event.is_set():
                     break
                 part = _Part(frame, stamp, self._captured)
@@ -298,14 +308,37 @@ class Runtime:
         elif not self._stuck:
             self.alarm("stuck", f"{', '.join(stuck)} stuck for more than {limit:.1f} s: watchdog pings stopped")
         self._stuck = bool(stuck)
+        self._watch_source()
+
+    def _watch_source(self) -> None:
+        """A free-running source that stops delivering (a dead stream, a blocked read) is a camera_lost alarm,
+        once, until frames come again. Between triggered parts silence is normal."""
+        if self._last_frame is None or not self.live or self.cfg.trigger.mode != "free":
+            return
+        rate = self.cfg.source.rate_hz or self.cfg.source.fps
+        limit = max(self.cfg.source.stall_s, 3 / rate if rate else 0.0)
+        silent = time.monotonic() - self._last_frame
+        if silent > limit and not self._stalled:
+            self.alarm("camera_lost", f"{getattr(self.source, 'name', 'the source')}: no frame for {silent:.1f} s "
+                       f"(source.stall_s {self.cfg.source.stall_s})")
+        self._stalled = silent > limit
+
+    def _past_deadline(self, part: _Part, step: str) -> bool:
+        if time.monotonic() - part.frame.stamp <= self.cfg.decision.deadline_ms / 1000:
+            return False
+        part.frame.error = f"not decided within decision.deadline_ms {self.cfg.decision.deadline_ms} ({step})"
+        return True
 
     def _inspect(self, part: _Part, worker: int) -> None:
+        """Decode, preprocess, infer, decide; the deadline is checked before, after decoding and after the model,
+        so a frame that takes too long is a fail-safe reject, never a late pass."""
         model, frame, on_error = self.model, part.frame, self.cfg.decision.on_error
         t0 = time.monotonic()
-        if t0 - frame.stamp > self.cfg.decision.deadline_ms / 1000:
-            frame.error = f"not inspected within decision.deadline_ms {self.cfg.decision.deadline_ms}"
+        if self._past_deadline(part, "waiting for a worker"):
             return self._finish(part, failsafe("failsafe", on_error))
         if frame.image is None:
+            return self._finish(part, failsafe(frame.reason or "failsafe", on_error))
+        if self._past_deadline(part, "decoding"):
             return self._finish(part, failsafe("failsafe", on_error))
         roi = self.cfg.pipeline.roi
         td = time.monotonic()
@@ -322,12 +355,14 @@ class Runtime:
             worst = int(tiles.worst(np.stack([r.scores for r in results]), np.zeros(len(results), int), 1,
                                     model.bundle.good_index)[1][0])
             result = results[worst]
-            d = decide(result.scores, model.bundle.labels, self.threshold, model.bundle.good_index,
+            d = decide(result.scores, model.bundle.labels, model.threshold, model.bundle.good_index,
                        self.cfg.decision.class_thresholds)
         except Exception as exc:
             frame.error = f"model: {exc}"
             self.alarm("model_failed", f"inference failed on part {part.index}: {exc}")
             return self._finish(part, failsafe("failsafe", on_error))
+        if self._past_deadline(part, "inference"):
+            return self._finish(part, failsafe("failsafe", on_error), model=model)
         part.t |= {"queue": (t0 - frame.stamp) * 1000, "decode": (td - t0) * 1000, "preprocess": (t1 - td) * 1000,
                    "infer": (time.monotonic() - t1) * 1000}
         bbox = None
@@ -343,30 +378,37 @@ class Runtime:
                     bbox = box(dmap, shape, offset=offset)
             except Exception as exc:  # the decision stands without a box
                 self.alarm("localize_failed", f"part {part.index}: {exc}")
-        self._finish(part, d, bbox, model.bundle)
+        self._finish(part, d, bbox, model)
 
     # --- control -----------------------------------------------------------------------------------------
 
     def _bundle_mtime(self) -> float:
-        files = [self.cfg.bundle / "model.json", self.bundle.model_path]
-        return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+        times = []
+        for f in (self.cfg.bundle / "model.json", self.bundle.model_path):
+            try:
+                times.append(f.stat().st_mtime)
+            except OSError:  # being replaced: the next look sees it
+                continue
+        return max(times, default=0.0)
 
-    def reload(self, path: Path | None = None, sha256: str | None = None) -> dict:
-        """Verify a bundle fully, then swap it in between parts; on failure keep the old one and alarm."""
+    def reload(self, path: Path | None = None, sha256: str | None = None, keep_threshold: bool = True) -> dict:
+        """Prepare a bundle completely (read, verified, interpreters made and test-run, threshold chosen), then
+        swap it in whole between parts, or change nothing and alarm why. A threshold set by command stays in
+        force unless `keep_threshold` is false."""
         path = Path(path or self.cfg.bundle)
+        commanded = self.commanded
         try:
+            if not keep_threshold:
+                self.commanded = None
             model = self.load_model(path, sha256)
+            if model.bundle.labels != self.bundle.labels:
+                raise EdgeError(f"labels {model.bundle.labels} differ from the running model's {self.bundle.labels}")
         except Exception as exc:
-            self.alarm("reload_failed", f"kept model {self.bundle.name}: {exc}")
+            self.commanded = commanded
+            self.alarm("reload_failed", f"kept model {self.bundle.name} and threshold {self.threshold}: {exc}")
             return {"ok": False, "error": str(exc)}
-        if model.bundle.labels != self.bundle.labels:
-            msg = f"labels {model.bundle.labels} differ from the running model's {self.bundle.labels}"
-            self.alarm("reload_failed", msg)
-            return {"ok": False, "error": msg}
-        self.model = model  # each worker takes it with its next part
-        if self.cfg.decision.threshold is None:
-            self.threshold = model.bundle.threshold
-        return {"ok": True, "model": model.bundle.name, "sha256": model.bundle.sha256}
+        self.model = model  # one reference: each worker takes model and threshold together with its next part
+        return {"ok": True, "model": model.bundle.name, "sha256": model.bundle.sha256, "threshold": model.threshold}
 
     def command(self, name: str, payload: dict) -> dict:
         """Commands from telemetry: threshold, pause, resume, reload, snapshot. Validated; never raises."""
@@ -375,7 +417,8 @@ class Runtime:
             lo, hi = self.cfg.mqtt.threshold_limits
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
                 return {"ok": False, "error": f"threshold value must be a number in [{lo}, {hi}], got {value!r}"}
-            self.threshold = float(value)
+            self.commanded = float(value)
+            self.model = replace(self.model, threshold=self.commanded)
             return {"ok": True, "threshold": self.threshold}
         if name == "pause":
             self.paused.set()
@@ -386,10 +429,10 @@ class Runtime:
             self.light.set("running")
             return {"ok": True, "paused": False}
         if name == "reload":
-            path, sha = payload.get("path"), payload.get("sha256")
-            if not isinstance(path, str) or (sha is not None and not isinstance(sha, str)):
-                return {"ok": False, "error": "reload needs {\"path\": str, \"sha256\": str}"}
-            return self.reload(Path(path), sha)
+            path, sha, keep = payload.get("path"), payload.get("sha256"), payload.get("keep_threshold", True)
+            if not isinstance(path, str) or (sha is not None and not isinstance(sha, str)) or not isinstance(keep, bool):
+                return {"ok": False, "error": "reload needs {\"path\": str, \"sha256\": str, \"keep_threshold\": bool}"}
+            return self.reload(Path(path), sha, keep)
         if name == "snapshot":
             self.snapshot_next.set()
             return {"ok": True}
@@ -398,6 +441,7 @@ class Runtime:
     def _publish_stats(self) -> dict:
         snap = self.stats.snapshot() | {"gate": dict(self.gate.counts) | {"timing": self.gate.timing()},
                                         **({"camera": self.source.stats} if hasattr(self.source, "stats") else {}),
+                                        **({"store": {"not_saved": self.store.not_saved}} if self.store else {}),
                                         "threshold": self.threshold,
                                         "model": self.bundle.name, "paused": self.paused.is_set()}
         self._tell(self.telemetry.stats, snap)
@@ -433,7 +477,7 @@ class Runtime:
                     on_stats(Stats.line(self._publish_stats()))
                     if self.cfg.reload_watch and (mtime := self._bundle_mtime()) != self._watch_mtime:
                         self._watch_mtime = mtime
-                        self.reload()
+                        self.reload()  # never raises: a bad bundle is an alarm and the old one keeps running
         except BaseException:
             self.gate.safe()
             self.light.set("fault")

@@ -9,6 +9,7 @@ instead of losing it.
 from __future__ import annotations
 
 import queue
+import stat
 import threading
 import time
 from collections import Counter, deque
@@ -21,7 +22,7 @@ import numpy as np
 
 from edge.config import SourceConfig
 from edge.errors import EdgeError
-from edge.images import IMAGE_EXTS, ImageError, decode
+from edge.images import IMAGE_EXTS, MAX_PIXELS, ImageError, ImageTooLarge, decode
 
 __all__ = ["Frame", "FolderSource", "LiveSource", "OpenCVCamera", "Paced", "Recorded", "VideoSource", "make_source"]
 
@@ -37,15 +38,18 @@ class Frame:
     error: str | None = None
     wall: float = field(default_factory=time.time)
     encoded: np.ndarray | None = None
+    max_pixels: int = MAX_PIXELS  # for `encoded`: more is refused from the header, before decoding
+    reason: str | None = None  # why `image` is None, where a decision reason names it (too_large)
 
     @property
     def image(self) -> np.ndarray | None:
         if self.encoded is not None:
             data, self.encoded = self.encoded, None
             try:
-                self.pixels = decode(data, self.origin)
+                self.pixels = decode(data, self.origin, self.max_pixels)
             except ImageError as exc:
                 self.error = str(exc)
+                self.reason = "too_large" if isinstance(exc, ImageTooLarge) else None
         return self.pixels
 
 
@@ -88,14 +92,26 @@ class Recorded:
         pass
 
 
-class FolderSource(Recorded):
-    """Images in name order; `live` (parts passing at a set rate) only with `rate_hz`."""
+def _irregular(path: Path) -> bool:
+    """There, but not a regular file (or a link to one): a named pipe or a device would block or never end."""
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # gone or unreadable: reading it says so
+        return False
 
-    def __init__(self, cfg: SourceConfig):
+
+class FolderSource(Recorded):
+    """Images in name order; `live` (parts passing at a set rate) only with `rate_hz`. Only regular files are
+    read: anything else among them (a named pipe, a device) is skipped with a `skipped_file` alarm."""
+
+    def __init__(self, cfg: SourceConfig, on_alarm: Callable[[str, str], None] | None = None):
         root = Path(cfg.path)
         if not root.is_dir():
             raise EdgeError(f"source.path {cfg.path!r} is not a folder")
-        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and "masks" not in p.parts)
+        self.on_alarm = on_alarm or (lambda kind, msg: None)
+        named = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and "masks" not in p.parts)
+        self.files = [p for p in named if not _irregular(p)]
+        self.skipped = [p.name for p in named if p not in self.files]  # alarmed when the run starts reading
         if not self.files:
             raise EdgeError(f"source.path {cfg.path!r} holds no images")
         self.cfg = cfg
@@ -103,15 +119,21 @@ class FolderSource(Recorded):
 
     def __iter__(self) -> Iterator[Frame]:
         pace, seq = Paced(self.cfg.rate_hz), 0
+        if self.skipped:
+            self.on_alarm("skipped_file", f"source.path {self.cfg.path!r}: {len(self.skipped)} entries that are not "
+                          f"regular files skipped: {', '.join(self.skipped[:5])}")
         while True:
             for path in self.files:
+                if _irregular(path):  # replaced since the scan
+                    self.on_alarm("skipped_file", f"{path}: not a regular file any more; skipped")
+                    continue
                 stamp = pace.wait()
                 try:
                     buf = np.fromfile(path, np.uint8)
                 except OSError as exc:  # removed or unreadable since the scan: a fail-safe reject, not a stop
                     yield Frame(seq, stamp, None, str(path), f"cannot read {path}: {exc.strerror or exc}")
                 else:
-                    yield Frame(seq, stamp, None, str(path), encoded=buf)
+                    yield Frame(seq, stamp, None, str(path), encoded=buf, max_pixels=self.cfg.max_pixels)
                 seq += 1
             if not self.cfg.loop:
                 return
@@ -359,7 +381,7 @@ def make_source(cfg: SourceConfig, on_alarm=None, trigger: str = "free"):
     """The source for `source.kind`; camera kinds beyond OpenCV come from edge.cameras (their libraries are
     imported only when chosen). `trigger` is `trigger.mode`: a camera that takes triggers is set up for it."""
     if cfg.kind == "folder":
-        return FolderSource(cfg)
+        return FolderSource(cfg, on_alarm)
     if cfg.kind == "video":
         return VideoSource(cfg)
     if cfg.kind in ("camera", "stream"):

@@ -1,13 +1,17 @@
 """Reject store: frames kept for review with a JSON sidecar and a copy with the defect box drawn.
 
 Capped in files; the oldest go first. `review` files them into a dataset's class folders for retraining.
+Every file is encoded in memory and written whole (a temporary name, then renamed): a full disk leaves no
+empty or cut image, and the store rests for RETRY_S before it tries again (one error, not one per part).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -18,35 +22,70 @@ from edge.errors import EdgeError
 __all__ = ["RejectStore", "review"]
 
 
+def _png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise EdgeError("the frame could not be encoded as PNG")
+    return buf.tobytes()
+
+
 class RejectStore:
+    RETRY_S = 30.0  # after a failed write, how long the store rests before it tries again
+    SUFFIXES = (".png", "_box.png", ".json")
+
     def __init__(self, root: Path, max_files: int = 2000, sample_passes: float = 0.0, seed: int = 0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_files, self.sample_passes = max_files, sample_passes
         self._rng = random.Random(seed)
         self._kept = sorted(p.stem for p in self.root.glob("*.json"))
+        self.resting_until = 0.0
+        self.not_saved = 0  # frames not kept while the store rested
 
     def wants(self, decision: str) -> bool:
         return decision == "reject" or (self.sample_passes > 0 and self._rng.random() < self.sample_passes)
 
+    def _write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def save(self, image: np.ndarray | None, event: dict) -> Path | None:
-        """image: the frame as captured (BGR); event: the inspection event (with `box` when localized)."""
+        """image: the frame as captured (BGR); event: the inspection event (with `box` when localized). None
+        while the store rests after a failed write; a failure removes what this frame had written and raises."""
+        if time.monotonic() < self.resting_until:
+            self.not_saved += 1
+            return None
         stem = f"{event['seq']:09d}_{event['id']}"
+        files = {".json": json.dumps(event, indent=1).encode()}
         if image is not None:
-            cv2.imwrite(str(self.root / f"{stem}.png"), image)
+            files[".png"] = _png(image)
             if event.get("box"):
                 x, y, w, h = event["box"]
                 boxed = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
                 cv2.rectangle(boxed, (x, y), (x + w - 1, y + h - 1), (0, 0, 255), max(1, image.shape[1] // 160))
                 cv2.putText(boxed, f"{event['label']} {event['score']:.2f}", (x, max(12, y - 4)),
                             cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
-                cv2.imwrite(str(self.root / f"{stem}_box.png"), boxed)
+                files["_box.png"] = _png(boxed)
+        try:
+            for suffix in sorted(files, key=lambda s: s == ".json"):  # the sidecar last: it marks a whole entry
+                self._write(self.root / f"{stem}{suffix}", files[suffix])
+        except OSError as exc:
+            for suffix in files:
+                (self.root / f"{stem}{suffix}").unlink(missing_ok=True)
+            self.resting_until = time.monotonic() + self.RETRY_S
+            raise EdgeError(f"reject store {self.root}: {exc.strerror or exc}; not saving for {self.RETRY_S:g} s") \
+                from None
         sidecar = self.root / f"{stem}.json"
-        sidecar.write_text(json.dumps(event, indent=1))
         self._kept.append(stem)
         while len(self._kept) > self.max_files:
             old = self._kept.pop(0)
-            for suffix in (".png", "_box.png", ".json"):
+            for suffix in self.SUFFIXES:
                 (self.root / f"{old}{suffix}").unlink(missing_ok=True)
         return sidecar
 

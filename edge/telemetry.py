@@ -13,7 +13,7 @@ __all__ = ["JsonlTee", "MemoryTelemetry", "Telemetry"]
 
 
 class Telemetry(Protocol):
-    def inspection(self, event: dict) -> None: ...
+    def inspection(self, event: dict) -> bool | None: ...  # False: refused (a full spool), else taken
     def stats(self, snapshot: dict) -> None: ...
     def alarm(self, kind: str, message: str, **extra) -> None: ...
     def close(self) -> None: ...
@@ -49,9 +49,11 @@ class JsonlTee:
     def __init__(self, inner: Telemetry, path: Path):
         self.inner, self.file = inner, open(path, "a", buffering=1)
 
-    def inspection(self, event: dict) -> None:
-        self.inner.inspection(event)  # spooled first: a line in the file is an event that will be delivered
-        self.file.write(json.dumps(event) + "\n")
+    def inspection(self, event: dict) -> bool | None:
+        """Spooled first: a line in the file is an event that will be delivered, unless it says `refused`."""
+        taken = self.inner.inspection(event)
+        self.file.write(json.dumps(event if taken is not False else event | {"refused": "spool_full"}) + "\n")
+        return taken
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

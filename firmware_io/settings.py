@@ -31,11 +31,17 @@ def validated(model_cls: type[BaseModel], values: dict, source: str):
 def load_yaml(path: Path) -> dict:
     """A YAML file's top-level mapping; a missing, unreadable or malformed file is a named error."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such config file") from exc
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     return loaded

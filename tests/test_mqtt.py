@@ -134,7 +134,9 @@ def test_edge_killed_with_sigkill_delivers_its_spool_on_restart(tmp_path, bundle
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = [json.loads(line)["id"] for line in events1.read_text().splitlines() if line.endswith("}")]
-    assert Spool(spool).after(0, 10_000), "events should be waiting in the spool"
+    waiting = Spool(spool)  # the killed process's lock went with it
+    assert waiting.after(0, 10_000), "events should be waiting in the spool"
+    waiting.close()
     broker.start()
     col = Collector(MQTTConfig(url=broker.url), tmp_path / "t.sqlite").start()
     assert wait_for(col.connected.is_set)
@@ -181,7 +183,9 @@ def test_broker_that_never_answers(tmp_path):
     t0 = time.monotonic()
     tel.close(timeout=1.0)
     assert time.monotonic() - t0 < 10
-    assert len(Spool(tmp_path / "spool.sqlite").after(0, 100)) == 10  # nothing lost
+    kept = Spool(tmp_path / "spool.sqlite")
+    assert len(kept.after(0, 100)) == 10  # nothing lost
+    kept.close()
     server.close()
 
 

@@ -44,8 +44,11 @@ class Classifier:
 
     def __init__(self, bundle: Bundle, num_threads: int = 2):
         self.bundle = bundle
-        self.interpreter = self._make_interpreter(num_threads)
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter = self._make_interpreter(num_threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:  # not a model LiteRT can read, though its hash matches the card
+            raise EdgeError(f"{bundle.path}: LiteRT cannot load the model: {str(exc).splitlines()[0]}") from None
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         check_tensors(bundle, inputs, outputs)

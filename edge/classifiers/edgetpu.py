@@ -26,7 +26,7 @@ class EdgeTPUClassifier(Classifier):
 
     def _make_interpreter(self, num_threads: int):
         interpreter_cls, load_delegate = import_interpreter()
-        model = self.bundle.model_for("edgetpu")  # names what is missing when the bundle has no compiled model
+        model = self.bundle.model_bytes("edgetpu")  # names what is missing when the bundle has no compiled model
         lib = LIBRARY.get(platform.system(), "libedgetpu.so.1")
         try:
             delegate = load_delegate(lib)
@@ -35,5 +35,5 @@ class EdgeTPUClassifier(Classifier):
                             f"repository: libedgetpu1-std) built for this LiteRT ({_litert_version()}; stock "
                             "libedgetpu builds are known to crash with TF Lite newer than 2.11) and plug in the "
                             "accelerator") from exc
-        return interpreter_cls(model_path=str(model), experimental_delegates=[delegate],
+        return interpreter_cls(model_content=model, experimental_delegates=[delegate],
                                num_threads=num_threads)

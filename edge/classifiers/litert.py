@@ -10,4 +10,4 @@ class LiteRTClassifier(Classifier):
 
     def _make_interpreter(self, num_threads: int):
         interpreter_cls, _ = import_interpreter()
-        return interpreter_cls(model_path=str(self.bundle.model_path), num_threads=num_threads)
+        return interpreter_cls(model_content=self.bundle.model_bytes(self.name), num_threads=num_threads)

@@ -13,10 +13,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from firmware_io.errors import FirmwareIOError
 from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.mqtt.spool import Spool, SpoolFull
 
@@ -37,9 +39,15 @@ def new_client(cfg: MQTTConfig, client_id: str, clean_session: bool) -> mqtt.Cli
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password)
     if cfg.tls:
-        client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                       certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                       keyfile=str(cfg.key_file) if cfg.key_file else None)
+        for key in ("ca_file", "cert_file", "key_file"):
+            if (file := getattr(cfg, key)) is not None and not Path(file).is_file():
+                raise FirmwareIOError(f"mqtt.{key} {file}: no such file")
+        try:
+            client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                           certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                           keyfile=str(cfg.key_file) if cfg.key_file else None)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that is not a certificate or key
+            raise FirmwareIOError(f"mqtt TLS files {cfg.ca_file}, {cfg.cert_file}, {cfg.key_file}: {exc}") from None
     client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=round(cfg.reconnect_max_s))
     return client
 
@@ -48,11 +56,12 @@ class MQTTTelemetry:
     def __init__(self, cfg: MQTTConfig, line: str, station: str, log_stream=sys.stderr):
         self.cfg = cfg
         self.prefix = prefix_for(cfg, line, station)
-        self.spool = Spool(cfg.spool_path, cfg.spool_max_events, cfg.when_full, cfg.spool_sync.upper())
+        self.spool = Spool(cfg.spool_path, cfg.spool_max_events, cfg.when_full, cfg.spool_sync.upper(),
+                           int(cfg.spool_reserve_mb * 2**20))
         self.log_stream = log_stream
         self.connected = threading.Event()
         self.refused: str | None = None
-        self.counts = {"published": 0, "acked": 0, "refused_full": 0, "bad_commands": 0}
+        self.counts = {"published": 0, "acked": 0, "refused_full": 0, "spool_errors": 0, "bad_commands": 0}
         self._handler: Callable[[str, dict], dict] | None = None
         self._in_flight: dict[int, int] = {}  # mid -> spool row id
         self._early: dict[int, float] = {}
@@ -63,6 +72,7 @@ class MQTTTelemetry:
         self._wake = threading.Condition()
         self._closing = False
         self._near_full_alarmed = False
+        self._full_alarmed = False
         self.client = self._make_client(cfg, f"qc-{line}-{station}")
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         self.client.loop_start()
@@ -157,43 +167,73 @@ class MQTTTelemetry:
     # --- sending ---
 
     def _send_loop(self) -> None:
+        """Publishes the spool in order; alive until close whatever happens (a database error, a full disk:
+        said once, then tried again with backoff until it clears)."""
+        backoff = 0.0
         while not self._closing:
             with self._wake:
-                self._wake.wait(0.2)
+                self._wake.wait(max(0.2, backoff))
             if not self.connected.is_set():
                 continue
-            with self._lock:
-                acked, self._acked = self._acked, []
-            self.spool.ack(acked)
-            with self._lock:
-                stale = time.monotonic() - 5.0  # an unclaimed early ack must not match a reused mid later
-                self._early = {m: t for m, t in self._early.items() if t > stale}
-                room = MAX_IN_FLIGHT - len(self._in_flight)
-                rows = self.spool.after(self._last_sent, room) if room > 0 else []
-                generation = self._generation
-            for row in rows:
-                # never hold our lock inside publish(): paho holds its own while it calls on_publish
-                info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break  # disconnected: the spool keeps it
-                with self._lock:
-                    if generation != self._generation:
-                        break  # reconnected meanwhile: the replay starts again from the oldest event
-                    self._last_sent = row.id
-                    self.counts["published"] += 1
-                    if self._early.pop(info.mid, None) is not None:
-                        self._ack(row.id)
-                    else:
-                        self._in_flight[info.mid] = row.id
+            try:
+                self._send_some()
+            except Exception as exc:
+                if not backoff:
+                    self._say(f"ALARM spool: {exc}; retrying until it clears")
+                backoff = min(10.0, max(0.5, 2 * backoff))
+                self.counts["spool_errors"] += 1
+                continue
+            if backoff:
+                self._say("spool: working again")
+            backoff = 0.0
 
-    def _put(self, suffix: str, payload: dict | str, qos: int, retain: bool, kind: str) -> None:
+    def _send_some(self) -> None:
+        with self._lock:
+            acked, self._acked = self._acked, []
+        try:
+            self.spool.ack(acked)
+        except Exception:
+            with self._lock:
+                self._acked[:0] = acked  # deleted next time: acknowledged is acknowledged
+            raise
+        with self._lock:
+            stale = time.monotonic() - 5.0  # an unclaimed early ack must not match a reused mid later
+            self._early = {m: t for m, t in self._early.items() if t > stale}
+            room = MAX_IN_FLIGHT - len(self._in_flight)
+            rows = self.spool.after(self._last_sent, room) if room > 0 else []
+            generation = self._generation
+        for row in rows:
+            # never hold our lock inside publish(): paho holds its own while it calls on_publish
+            info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break  # disconnected: the spool keeps it
+            with self._lock:
+                if generation != self._generation:
+                    break  # reconnected meanwhile: the replay starts again from the oldest event
+                self._last_sent = row.id
+                self.counts["published"] += 1
+                if self._early.pop(info.mid, None) is not None:
+                    self._ack(row.id)
+                else:
+                    self._in_flight[info.mid] = row.id
+
+    def _put(self, suffix: str, payload: dict | str, qos: int, retain: bool, kind: str) -> bool:
+        """Spool an event; False when the spool refuses it (counted, and alarmed once per episode: straight to
+        the broker where it is connected, since the spool has no room for the alarm)."""
         body = payload.encode() if isinstance(payload, str) else json.dumps(payload, default=str).encode()
         try:
             self.spool.put(f"{self.prefix}/{suffix}", body, qos, retain, kind)
         except SpoolFull as exc:
             self.counts["refused_full"] += 1
-            self._say(f"ALARM {exc}: event refused")
-            return
+            if not self._full_alarmed:
+                self._full_alarmed = True
+                self._say(f"ALARM spool_full: {exc}; new events are refused until there is room")
+                self.client.publish(f"{self.prefix}/alarm", json.dumps(
+                    {"kind": "spool_full", "message": str(exc), "ts": time.time()}), qos=1)
+            return False
+        if self._full_alarmed:
+            self._full_alarmed = False
+            self._say(f"spool takes events again ({self.counts['refused_full']} refused so far)")
         if self.spool.fill >= 0.8 and not self._near_full_alarmed and kind != "alarm":
             self._near_full_alarmed = True
             self.alarm("spool_near_full", f"spool at {100 * self.spool.fill:.0f}% of {self.spool.capacity} events")
@@ -201,11 +241,12 @@ class MQTTTelemetry:
             self._near_full_alarmed = False
         with self._wake:
             self._wake.notify()
+        return True
 
     # --- the Telemetry interface ---
 
-    def inspection(self, event: dict) -> None:
-        self._put("inspection", event, 1, False, "inspection")
+    def inspection(self, event: dict) -> bool:
+        return self._put("inspection", event, 1, False, "inspection")
 
     def stats(self, snapshot: dict) -> None:
         self._put("stats", snapshot | {"spool": {"events": len(self.spool), "dropped": self.spool.dropped},

@@ -32,6 +32,8 @@ class MQTTConfig(Strict):
         "full", description="full: every event is on disk (fsync) before it is accepted, safe against power "
         "cuts; normal: safe against a killed process, several times faster, may lose the last events on a power cut")
     spool_max_events: int = Field(100_000, ge=10, description="spool capacity; an alarm is raised at 80 %")
+    spool_reserve_mb: float = Field(16.0, ge=0, description="free disk kept under the spool so that it can always "
+                                    "drain: below it new events are refused, with a spool_full alarm")
     when_full: Literal["drop_stats_then_refuse", "drop_oldest"] = Field(
         "drop_stats_then_refuse", description="full spool: drop stats first and then refuse new events (the "
         "runtime alarms), or drop the oldest events of any kind")

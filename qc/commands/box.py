@@ -60,16 +60,38 @@ def run(a):
 def _config_args(p):
     p.add_argument("action", choices=["check"], help="check: validate without running")
     p.add_argument("file", type=Path, help="edge YAML file")
+    p.add_argument("--bundle", type=Path, help="check this bundle in place of the config's")
 
 
-@command("config", "validate an edge config file; a typo or bad value names the key", _config_args)
+def _writable(folder: Path) -> bool:
+    """The folder, or the nearest one above it that exists (where it would be made), is writable."""
+    import os
+
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK)
+
+
+@command("config", "validate an edge config file and what it points to (bundle, TLS files, writable folders); a "
+         "typo or bad value names the key", _config_args)
 def config(a):
     from edge import cameras
+    from edge.bundle import load_bundle
     from edge.config import load_config
+    from edge.errors import EdgeError
 
-    cfg = load_config(a.file)
+    cfg = load_config(a.file, {"bundle": str(a.bundle)} if a.bundle else None)
     if cfg.source.kind in cameras.NEEDS:  # the camera's library, named with what to install when missing
         cameras.require(cfg.source.kind)
+    load_bundle(cfg.bundle)  # a missing or broken bundle, named
+    m = cfg.mqtt
+    for key in ("ca_file", "cert_file", "key_file") if m.enabled else ():
+        if (file := getattr(m, key)) is not None and not Path(file).is_file():
+            raise EdgeError(f"{a.file}: mqtt.{key} {file}: no such file")
+    folders = {"store.dir": cfg.store.dir, "mqtt.spool_path": m.spool_path.parent if m.enabled else None}
+    for key, folder in folders.items():
+        if folder is not None and not _writable(Path(folder)):
+            raise EdgeError(f"{a.file}: {key} {folder}: not writable by this user")
     return f"{a.file}: ok (bundle {cfg.bundle}, source {cfg.source.kind} {cfg.source.path!r}, gpio {cfg.gpio.backend})"
 
 
