@@ -28,6 +28,7 @@ bench: $(STAMP)
 	QC_BENCH_SAVE=1 $(PY) -m bench.export
 	$(VENV)/bin/qc demo --out bench-output/demo > /dev/null
 	QC_BENCH_SAVE=1 $(VENV)/bin/qc bench --bundle bench-output/demo/bundle
+	QC_BENCH_SAVE=1 $(PY) -m bench.faults --bundle bench-output/demo/bundle
 	QC_BENCH_SAVE=1 $(PY) -m bench.train_quality
 	$(PY) -m bench.docs
 

@@ -146,6 +146,18 @@ def _camera(r):
             f"{bare['cpu_ms_per_frame']} ms CPU per frame", f"at least {r['target']} x the bare loop's rate")
 
 
+def _faults(r):
+    def line(name, f):
+        if "skipped" in f:
+            return f"{name}: not run ({f['skipped']})"
+        return (f"{name}: {f['decisions']} of {f['parts']} parts decided, {f['events_accepted']} events accepted "
+                f"({f['events_refused']} refused), {f['events_lost']} lost, {f['duplicates']} duplicates, "
+                f"{f['crashes']} crashes")
+    faults = {k: v for k, v in r["faults"].items() if k != "none"}
+    return ("; ".join(line(k, v) for k, v in faults.items()), line("no fault", r["faults"]["none"]),
+            "every part decided exactly once, 0 accepted events lost, 0 crashes")
+
+
 def _wheels(r):
     boxes = r["boxes"]
     return ("; ".join(f"{k} (Python {b['python']}, glibc {b['glibc']}): {len(b['wheels'])} binary wheels"
@@ -158,7 +170,7 @@ def _wheels(r):
 FORMAT = {"synth": _synth, "reject_timing": _reject_timing, "telemetry": _telemetry, "export": _export,
           "train_quality": _train_quality, "default_backbone": _default_backbone, "edge_pipeline": _edge_pipeline,
           "any_dataset": _any_dataset, "camera_aravis": _camera,
-          "wheels": _wheels}
+          "wheels": _wheels, "faults": _faults}
 
 
 def render(results: list[dict]) -> str:

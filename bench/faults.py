@@ -1,11 +1,11 @@
 """Faults a box meets, each scripted against a real `qc run` at 20 parts/s with telemetry to Mosquitto on
 loopback: a full disk under the spool and the reject store, the live model overwritten in place, a bad bundle
 seen by the file watcher, a huge image and a named pipe among the frames, a second copy of the box on the same
-spool. Per fault, as JSON: parts, decisions, events_accepted (spooled; the events file marks the refused),
+spool; and, as the baseline, the same run with no fault. Per fault, as JSON: parts, decisions, events_accepted (spooled; the events file marks the refused),
 events_delivered (distinct ids the broker handed a subscriber), events_lost (accepted, never delivered),
 duplicates, crashes (a `qc run` that died, rather than finished or refused to start).
 
-    python -m bench.faults --bundle BUNDLE          # about 2 minutes; the disk-full fault needs root (tmpfs)
+    python -m bench.faults --bundle BUNDLE          # about 1.5 minutes; the disk-full fault needs root (tmpfs)
 
 Goal: every part decided exactly once, 0 accepted events lost, 0 crashes.
 """
@@ -171,12 +171,13 @@ def run_fault(name: str, bundle: Path, work: Path) -> dict:
             subprocess.run(["umount", "-l", str(disk)], check=False)
     ids = delivered.ids
     return {"parts": PARTS, "decisions": len(lines), "events_accepted": len(accepted),
+            "events_refused": sum("refused" in e for e in lines),
             "events_delivered": len(set(ids)), "events_lost": len(accepted - set(ids)),
             "duplicates": len(ids) - len(set(ids)), "crashes": crashes,
             "reasons": {r: sum(e["reason"] == r for e in lines) for r in sorted({e["reason"] for e in lines})}}
 
 
-FAULTS = ("disk_full", "model_overwritten", "bad_reload", "huge_image", "named_pipe", "second_process")
+FAULTS = ("none", "disk_full", "model_overwritten", "bad_reload", "huge_image", "named_pipe", "second_process")
 
 
 def main(argv: list[str] | None = None) -> dict:
