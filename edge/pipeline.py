@@ -98,6 +98,7 @@ class Runtime:
     def __init__(self, cfg: EdgeConfig, telemetry: Telemetry, line: LineIO, source, store: RejectStore | None):
         self.cfg = cfg
         self.commanded: float | None = None  # a threshold set by command: it outlives reloads
+        self._swap = threading.Lock()  # a reload and a threshold command replace the model one at a time
         self.model = self.load_model(cfg.bundle)
         self.telemetry = telemetry
         self.stats = Stats()
@@ -135,12 +136,12 @@ class Runtime:
         return self.model.threshold
 
     def load_model(self, path: Path, sha256: str | None = None) -> Model:
-        """A bundle verified, its interpreters made and test-run, its threshold chosen: ready to swap in whole."""
+        """A bundle verified, its interpreters made and test-run, with the configured or its own threshold."""
         c = self.cfg.classifier
         bundle, first = verified_classifier(path, c.backend, c.num_threads, sha256)
         count = 1 if first.name == "edgetpu" else self.cfg.pipeline.workers
         more = [make_classifier(bundle, first.name, c.num_threads) for _ in range(count - 1)]
-        threshold = next(t for t in (self.commanded, self.cfg.decision.threshold, bundle.threshold) if t is not None)
+        threshold = bundle.threshold if self.cfg.decision.threshold is None else self.cfg.decision.threshold
         return Model(bundle, (first, *more), tuple(threading.Lock() for _ in range(count)), threshold)
 
     def on_count(self, count: int) -> None:
@@ -396,18 +397,19 @@ class Runtime:
         swap it in whole between parts, or change nothing and alarm why. A threshold set by command stays in
         force unless `keep_threshold` is false."""
         path = Path(path or self.cfg.bundle)
-        commanded = self.commanded
         try:
-            if not keep_threshold:
-                self.commanded = None
             model = self.load_model(path, sha256)
             if model.bundle.labels != self.bundle.labels:
                 raise EdgeError(f"labels {model.bundle.labels} differ from the running model's {self.bundle.labels}")
         except Exception as exc:
-            self.commanded = commanded
             self.alarm("reload_failed", f"kept model {self.bundle.name} and threshold {self.threshold}: {exc}")
             return {"ok": False, "error": str(exc)}
-        self.model = model  # one reference: each worker takes model and threshold together with its next part
+        with self._swap:
+            if not keep_threshold:
+                self.commanded = None
+            if self.commanded is not None:
+                model = replace(model, threshold=self.commanded)
+            self.model = model  # one reference: each worker takes model and threshold together with its next part
         return {"ok": True, "model": model.bundle.name, "sha256": model.bundle.sha256, "threshold": model.threshold}
 
     def command(self, name: str, payload: dict) -> dict:
@@ -417,8 +419,9 @@ class Runtime:
             lo, hi = self.cfg.mqtt.threshold_limits
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
                 return {"ok": False, "error": f"threshold value must be a number in [{lo}, {hi}], got {value!r}"}
-            self.commanded = float(value)
-            self.model = replace(self.model, threshold=self.commanded)
+            with self._swap:
+                self.commanded = float(value)
+                self.model = replace(self.model, threshold=self.commanded)
             return {"ok": True, "threshold": self.threshold}
         if name == "pause":
             self.paused.set()
