@@ -71,7 +71,8 @@ class CamTensor(Tensor):
 
 
 class Threshold(Strict):
-    value: float = Field(ge=0, le=1, description="reject when the defect score 1 - p(good) is at least this")
+    value: float = Field(gt=0, lt=1, description="reject when the defect score 1 - p(good) is at least this: inside "
+                         "(0, 1), since 0 rejects every part and 1 passes every defect")
     method: str = Field(description="how it was chosen")
     chosen_on: str | None = Field(None, description="the split it was chosen on")
     target_recall: float | None = Field(None, gt=0, le=1, description="the defect recall it was chosen for")
@@ -131,6 +132,22 @@ class Tiling(Strict):
         return self
 
 
+class Reference(Strict):
+    """An image the exported model scored: every load on a box scores it again and must agree."""
+
+    file: str = Field(description="a PNG in the bundle folder: exactly what the model saw (its input size)")
+    sha256: str = Field(description="sha256 of the file")
+    label: str = Field(description="the photo's class")
+    scores: dict[str, float] = Field(description="the exported model's class probabilities for it, by label")
+
+    @field_validator("file")
+    @classmethod
+    def _plain_png(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+\.png", v):
+            raise ValueError(f"reference {v!r} must be a plain .png file name inside the bundle")
+        return v
+
+
 class BundleCard(Strict):
     format_version: int = Field(description=f"{FORMAT_VERSION}; this runtime reads {READABLE_VERSIONS}")
     name: str = Field(min_length=1)
@@ -146,6 +163,8 @@ class BundleCard(Strict):
     training: dict[str, Any] = Field(description="arch, seed, dataset hash, run")
     notes: list[str] = Field(default_factory=list)
     edgetpu: EdgeTPUTarget | None = Field(None, description="the Edge TPU target, when exported for it")
+    references: list[Reference] = Field(default_factory=list, description="test images with the scores the exported "
+                                        "model gave them, scored again at every load")
     model_file: str = Field(description="the model's file name inside the bundle folder")
     sha256: str = Field(description="sha256 of the model file")
     card_sha256: str | None = Field(None, description="sha256 of this card without this field (format 2)")
@@ -170,6 +189,12 @@ class BundleCard(Strict):
             raise ValueError("format 2 needs card_sha256")
         if self.tiling and self.input.shape[1:3] != [self.tiling.size] * 2:
             raise ValueError(f"tiling.size {self.tiling.size} differs from the input shape {self.input.shape}")
+        if self.output.shape[-1] != len(self.labels):
+            raise ValueError(f"labels {self.labels} name {len(self.labels)} classes; the output has "
+                             f"{self.output.shape[-1]}")
+        for ref in self.references:
+            if set(ref.scores) != set(self.labels):
+                raise ValueError(f"reference {ref.file} scores {sorted(ref.scores)}, not the labels {self.labels}")
         return self
 
 
@@ -184,7 +209,7 @@ class Bundle:
 
     def __init__(self, path: Path, card: BundleCard, models: dict[str, bytes] | None = None):
         self.path, self.card = Path(path), card
-        self._models = dict(models or {})  # file name -> its verified content
+        self._models = dict(models or {})  # file name -> its verified content (models, reference images)
 
     @property
     def meta(self) -> dict:
@@ -222,6 +247,11 @@ class Bundle:
             _check_sha256(file, content, expected)
             self._models[file.name] = content
         return self._models[file.name]
+
+    def reference_bytes(self, ref: Reference) -> bytes:
+        if ref.file not in self._models:
+            self._models[ref.file] = _check_sha256(self.path / ref.file, (self.path / ref.file).read_bytes(), ref.sha256)
+        return self._models[ref.file]
 
     @property
     def only_compiled(self) -> bool:
@@ -319,13 +349,18 @@ def _write_card(path: Path, checked: dict) -> Bundle:
     return Bundle(Path(path), BundleCard.model_validate(checked))
 
 
-def load_bundle(path: str | Path) -> Bundle:
+def load_bundle(path: str | Path, key: Path | None = None) -> Bundle:
+    """A bundle whose card validates and whose files match the card's hashes; with `key` (a public key), also
+    signed with its private key over these very files (edge/signing.py)."""
     path = Path(path)
     card_path = path / "model.json"
     if not card_path.is_file():
         raise BundleError(f"{path}: not a bundle (no model.json)")
     try:
-        raw = json.loads(card_path.read_text())
+        card_bytes = card_path.read_bytes()
+        raw = json.loads(card_bytes.decode("utf-8"))
+    except OSError as exc:
+        raise BundleError(f"{card_path}: cannot be read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{card_path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
@@ -347,6 +382,7 @@ def load_bundle(path: str | Path) -> Bundle:
     targets = [(model, card.sha256)]
     if card.edgetpu and card.edgetpu.compiled_model_file:
         targets.append((path / card.edgetpu.compiled_model_file, card.edgetpu.sha256))
+    targets += [(path / ref.file, ref.sha256) for ref in card.references]
     models = {}
     for file, expected in targets:
         if not file.is_file():
@@ -355,6 +391,13 @@ def load_bundle(path: str | Path) -> Bundle:
             models[file.name] = _check_sha256(file, file.read_bytes(), expected)
         except OSError as exc:
             raise BundleError(f"{file}: cannot be read ({exc.strerror})") from None
+    if key is not None:
+        from edge.signing import verify
+
+        try:
+            verify(path, key, {card_path.name: card_bytes, **models})
+        except EdgeError as exc:
+            raise BundleError(str(exc)) from None
     return Bundle(path, card, models)
 
 

@@ -106,6 +106,11 @@ class EdgeConfig(Strict):
     station: str = Field("station1", description="station name, used in topics and ids")
     bundle: Path = Field(description="model bundle folder")
     reload_watch: bool = Field(True, description="reload when the bundle's files change")
+    bundle_key: Path | None = Field(None, description="public key (qc bundle keygen): every bundle must be signed "
+                                    "with its private key (qc bundle sign), at start and reload; None: a bundle is "
+                                    "trusted by its file permissions alone")
+    bundles_dir: Path | None = Field(None, description="the folder of bundles a `reload` command may name (by folder "
+                                     "name, never by path); None: reload by command is off")
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)

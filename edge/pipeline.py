@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import queue
+import re
 import sys
 import threading
 import time
@@ -21,11 +22,12 @@ import numpy as np
 from systemd_watchdog import WatchDog
 
 from edge import tiles
-from edge.bundle import Bundle, load_bundle
+from edge.bundle import Bundle, BundleError, load_bundle
 from edge.classifiers import Classifier, make_classifier
 from edge.config import BOX_TRIGGERED, EdgeConfig
 from edge.decision import Decision, decide, failsafe
 from edge.errors import EdgeError
+from edge.images import decode
 from edge.localize import box, defect_map
 from edge.preprocess import crop, prepare, to_rgb
 from edge.sources import Frame
@@ -61,9 +63,11 @@ class Model:
     threshold: float  # in force with this model: a part is decided with the model and threshold it was read with
 
 
-def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str | None = None):
-    """Load a bundle and prove it works (sha256, tensors, one inference) before anyone relies on it."""
-    bundle = load_bundle(path)
+def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str | None = None,
+                        key: Path | None = None):
+    """Load a bundle and prove it works (sha256, signature with `key`, tensors, one inference) before anyone
+    relies on it."""
+    bundle = load_bundle(path, key)
     if sha256 and bundle.sha256 != sha256:
         raise EdgeError(f"{path}: sha256 is {bundle.sha256}, not the {sha256} asked for")
     clf = make_classifier(bundle, backend, num_threads)
@@ -71,7 +75,44 @@ def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str 
     scores = clf.infer(np.zeros((h, w, 3), np.uint8)).scores
     if not np.all(np.isfinite(scores)) or len(scores) != len(bundle.labels):
         raise EdgeError(f"{path}: a test inference gave {scores}, not {len(bundle.labels)} finite scores")
+    check_references(bundle, clf)
     return bundle, clf
+
+
+REFERENCE_LSB = 3  # output quantization steps a reference's scores may move: the CPU and the Edge TPU differ by 1
+
+
+def frame_scores(clf: Classifier, bundle: Bundle, image: np.ndarray, bgr: bool = True) -> np.ndarray:
+    """A frame's class probabilities as the line decides them: its views inspected, the worst one's."""
+    views, _ = frame_views(image, bundle, bgr, None)
+    probs = np.stack([clf.infer(v).scores for v in views])
+    return tiles.worst(probs, np.zeros(len(views), int), 1, bundle.good_index)[0][0]
+
+
+def _as_output(bundle: Bundle, probs: np.ndarray) -> np.ndarray:
+    """Probabilities back in the output tensor's own units: logits up to a constant (log p, centred), or the
+    probabilities themselves, so that a difference counts in the tensor's quantization steps."""
+    if bundle.output_kind != "logits":
+        return probs
+    logp = np.log(np.maximum(probs.astype(np.float64), 1e-30))
+    return logp - logp.mean()
+
+
+def check_references(bundle: Bundle, clf: Classifier) -> None:
+    """Score the bundle's reference images again, through the frame path the line uses. Scores that moved more
+    than REFERENCE_LSB steps of the output's quantization mean swapped labels, another preprocessing, a broken
+    delegate or a model that is not its card's, and the bundle is refused."""
+    allowed = max(REFERENCE_LSB * bundle.card.output.scale, 1e-3)
+    for ref in bundle.card.references:
+        got = frame_scores(clf, bundle, decode(bundle.reference_bytes(ref), str(bundle.path / ref.file)))
+        want = np.array([ref.scores[label] for label in bundle.labels])
+        moved = np.abs(_as_output(bundle, got) - _as_output(bundle, want))
+        if moved.max() > allowed:
+            worst = bundle.labels[int(moved.argmax())]
+            raise BundleError(f"{bundle.path}: reference {ref.file} ({ref.label}) scores {worst} "
+                              f"{float(got[int(moved.argmax())]):.4f} here, {ref.scores[worst]:.4f} at export (more "
+                              f"than {REFERENCE_LSB} output steps apart): swapped labels, another preprocessing, a "
+                              "broken delegate, or a model that is not this card's")
 
 
 def frame_views(image: np.ndarray, bundle: Bundle, bgr: bool, roi) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -138,7 +179,7 @@ class Runtime:
     def load_model(self, path: Path, sha256: str | None = None) -> Model:
         """A bundle verified, its interpreters made and test-run, with the configured or its own threshold."""
         c = self.cfg.classifier
-        bundle, first = verified_classifier(path, c.backend, c.num_threads, sha256)
+        bundle, first = verified_classifier(path, c.backend, c.num_threads, sha256, self.cfg.bundle_key)
         count = 1 if first.name == "edgetpu" else self.cfg.pipeline.workers
         more = [make_classifier(bundle, first.name, c.num_threads) for _ in range(count - 1)]
         threshold = bundle.threshold if self.cfg.decision.threshold is None else self.cfg.decision.threshold
@@ -392,15 +433,19 @@ class Runtime:
                 continue
         return max(times, default=0.0)
 
-    def reload(self, path: Path | None = None, sha256: str | None = None, keep_threshold: bool = True) -> dict:
+    def reload(self, path: Path | None = None, sha256: str | None = None, keep_threshold: bool = True,
+               limits: tuple[float, float] | None = None) -> dict:
         """Prepare a bundle completely (read, verified, interpreters made and test-run, threshold chosen), then
         swap it in whole between parts, or change nothing and alarm why. A threshold set by command stays in
-        force unless `keep_threshold` is false."""
+        force unless `keep_threshold` is false; `limits`: the range the bundle's own threshold must lie in."""
         path = Path(path or self.cfg.bundle)
         try:
             model = self.load_model(path, sha256)
             if model.bundle.labels != self.bundle.labels:
                 raise EdgeError(f"labels {model.bundle.labels} differ from the running model's {self.bundle.labels}")
+            if limits and self.cfg.decision.threshold is None and not limits[0] <= model.threshold <= limits[1]:
+                raise EdgeError(f"{path}: threshold {model.threshold} is outside mqtt.threshold_limits "
+                                f"[{limits[0]}, {limits[1]}]")
         except Exception as exc:
             self.alarm("reload_failed", f"kept model {self.bundle.name} and threshold {self.threshold}: {exc}")
             return {"ok": False, "error": str(exc)}
@@ -411,6 +456,18 @@ class Runtime:
                 model = replace(model, threshold=self.commanded)
             self.model = model  # one reference: each worker takes model and threshold together with its next part
         return {"ok": True, "model": model.bundle.name, "sha256": model.bundle.sha256, "threshold": model.threshold}
+
+    def named_bundle(self, name: str) -> Path:
+        """The bundle folder `name` in bundles_dir: a plain folder name, never a path out of it."""
+        root = self.cfg.bundles_dir
+        if root is None:
+            raise EdgeError("reload by command is off: set bundles_dir to the folder of bundles it may name")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name):
+            raise EdgeError(f"bundle {name!r} is not a plain folder name in bundles_dir")
+        path = (root / name).resolve()
+        if path.parent != Path(root).resolve() or not path.is_dir():
+            raise EdgeError(f"no bundle {name!r} in bundles_dir {root}")
+        return path
 
     def command(self, name: str, payload: dict) -> dict:
         """Commands from telemetry: threshold, pause, resume, reload, snapshot. Validated; never raises."""
@@ -432,10 +489,15 @@ class Runtime:
             self.light.set("running")
             return {"ok": True, "paused": False}
         if name == "reload":
-            path, sha, keep = payload.get("path"), payload.get("sha256"), payload.get("keep_threshold", True)
-            if not isinstance(path, str) or (sha is not None and not isinstance(sha, str)) or not isinstance(keep, bool):
-                return {"ok": False, "error": "reload needs {\"path\": str, \"sha256\": str, \"keep_threshold\": bool}"}
-            return self.reload(Path(path), sha, keep)
+            bundle, sha, keep = payload.get("bundle"), payload.get("sha256"), payload.get("keep_threshold", True)
+            if not isinstance(bundle, str) or (sha is not None and not isinstance(sha, str)) or not isinstance(keep, bool):
+                return {"ok": False, "error": "reload takes {\"bundle\": a name in bundles_dir, \"sha256\": str, "
+                        "\"keep_threshold\": bool}, never a path"}
+            try:
+                path = self.named_bundle(bundle)
+            except EdgeError as exc:
+                return {"ok": False, "error": str(exc)}
+            return self.reload(path, sha, keep, self.cfg.mqtt.threshold_limits)
         if name == "snapshot":
             self.snapshot_next.set()
             return {"ok": True}

@@ -35,7 +35,7 @@ class RejectStore:
 
     def __init__(self, root: Path, max_files: int = 2000, sample_passes: float = 0.0, seed: int = 0):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.max_files, self.sample_passes = max_files, sample_passes
         self._rng = random.Random(seed)
         self._kept = sorted(p.stem for p in self.root.glob("*.json"))
@@ -48,7 +48,7 @@ class RejectStore:
     def _write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError:

@@ -4,6 +4,7 @@ latest ones for tests and for runs without a broker; JsonlTee also writes each i
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import deque
 from pathlib import Path
@@ -47,7 +48,8 @@ class JsonlTee:
     """Passes events on and appends each inspection to a JSONL file (for scripts and the demo)."""
 
     def __init__(self, inner: Telemetry, path: Path):
-        self.inner, self.file = inner, open(path, "a", buffering=1)
+        self.inner = inner
+        self.file = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", buffering=1)
 
     def inspection(self, event: dict) -> bool | None:
         """Spooled first: a line in the file is an event that will be delivered, unless it says `refused`."""

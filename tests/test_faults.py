@@ -147,23 +147,24 @@ def test_interpreters_are_made_from_the_verified_bytes_not_from_the_file(bundle_
 # 3. a reload that fails halfway -----------------------------------------------------------------------------
 
 def test_a_bad_reload_changes_nothing_and_a_commanded_threshold_outlives_a_good_one(bundle_dir, synth32, tmp_path):
-    rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=4), tmp_path)
+    bundles = tmp_path / "bundles"
+    rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=4), tmp_path, bundles_dir=str(bundles))
     assert rt.command("threshold", {"value": 0.3})["ok"]
     running = rt.model
-    bad = tmp_path / "bad"
+    bad = bundles / "bad"
     shutil.copytree(bundle_dir, bad)
     card = json.loads((bad / "model.json").read_text())
     write_card(bad, card | {"threshold": card["threshold"] | {"value": "abc"}})
-    reply = rt.command("reload", {"path": str(bad)})
+    reply = rt.command("reload", {"bundle": "bad"})
     assert not reply["ok"] and "threshold.value" in reply["error"]
     assert rt.model is running and rt.threshold == 0.3
     assert tel.alarms[-1]["kind"] == "reload_failed" and "kept model" in tel.alarms[-1]["message"]
-    good = tmp_path / "good"
+    good = bundles / "good"
     shutil.copytree(bundle_dir, good)
     write_card(good, card | {"name": "retrained"})
-    assert rt.command("reload", {"path": str(good)})["ok"]
+    assert rt.command("reload", {"bundle": "good"})["ok"]
     assert rt.bundle.name == "retrained" and rt.threshold == 0.3  # the operator's threshold stays
-    assert rt.command("reload", {"path": str(good), "keep_threshold": False})["threshold"] == card["threshold"]["value"]
+    assert rt.command("reload", {"bundle": "good", "keep_threshold": False})["threshold"] == card["threshold"]["value"]
 
 
 def test_a_bad_bundle_seen_by_the_file_watcher_is_an_alarm_and_the_line_runs_on(bundle_dir, synth32, tmp_path):

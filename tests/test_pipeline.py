@@ -235,7 +235,8 @@ def test_decision_after_the_gate_window_is_late(bundle_dir, synth32, tmp_path):
 
 
 def test_hot_reload_keeps_the_old_model_when_the_new_one_is_bad(bundle_dir, tmp_path, synth32):
-    rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=1), tmp_path)
+    shutil.copytree(bundle_dir, tmp_path / "bundles" / "v2")
+    rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=1), tmp_path, bundles_dir=str(tmp_path / "bundles"))
     old = rt.model
     bad = tmp_path / "bad"
     shutil.copytree(bundle_dir, bad)
@@ -244,10 +245,10 @@ def test_hot_reload_keeps_the_old_model_when_the_new_one_is_bad(bundle_dir, tmp_
     assert not res["ok"] and "sha256" in res["error"]
     assert rt.model is old
     assert tel.alarms[-1]["kind"] == "reload_failed"
-    good = rt.command("reload", {"path": str(bundle_dir), "sha256": old.bundle.sha256})
+    good = rt.command("reload", {"bundle": "v2", "sha256": old.bundle.sha256})
     assert good["ok"] and rt.model is not old and rt.bundle.sha256 == old.bundle.sha256
     assert len(rt.model.classifiers) == rt.cfg.pipeline.workers  # an interpreter per worker, all verified
-    assert not rt.command("reload", {"path": str(bundle_dir), "sha256": "0" * 64})["ok"]
+    assert not rt.command("reload", {"bundle": "v2", "sha256": "0" * 64})["ok"]
 
 
 def test_a_reload_while_running_takes_effect_between_parts(bundle_dir, tmp_path, synth32):

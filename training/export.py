@@ -3,10 +3,12 @@ against the float model on the test split, written as a bundle (model.tflite + m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -16,7 +18,10 @@ from edge.bundle import Bundle, BundleError, load_bundle, tensor_spec, write_bun
 from edge.classifiers import make_classifier
 from edge.classifiers.base import import_interpreter
 from edge.decision import GOOD, defect_scores
+from edge.images import decode
+from edge.pipeline import frame_scores
 from edge.tiles import worst
+from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.settings import validated
 from training import data, edgetpu, recipe
 from training import model as models
@@ -112,6 +117,29 @@ def _photo_probs(probs: np.ndarray, views: data.Views, good: int) -> np.ndarray:
 def _tflite_scores(bundle: Bundle, x: np.ndarray) -> np.ndarray:
     clf = make_classifier(bundle, "cpu")
     return np.stack([clf.infer(img).scores for img in x])
+
+
+REFERENCES_PER_KIND = 2  # defective and good test photos stored in the bundle, scored again on every box
+
+
+def _references(bundle: Bundle, folder: Path, test: data.Views, classes: list[str], good: int) -> list[dict]:
+    """A few test photos, defective ones first, as the model saw them (the worst tile, or the resized photo),
+    each with the scores the exported model gives it through the box's own frame path."""
+    clf = make_classifier(bundle, "cpu")
+    picks = ([int(p) for p in np.flatnonzero(test.labels != good)[:REFERENCES_PER_KIND]]
+             + [int(p) for p in np.flatnonzero(test.labels == good)[:REFERENCES_PER_KIND]])
+    refs = []
+    for k, photo in enumerate(picks):
+        views = np.flatnonzero(test.owner == photo)
+        view = max(views, key=lambda v: defect_scores(clf.infer(test.x[v]).scores, good))
+        file = folder / f"reference-{k}.png"
+        cv2.imwrite(str(file), cv2.cvtColor(test.x[view], cv2.COLOR_RGB2BGR))
+        content = file.read_bytes()
+        scores = frame_scores(clf, bundle, decode(content, str(file)))
+        refs.append({"file": file.name, "sha256": hashlib.sha256(content).hexdigest(),
+                     "label": classes[test.labels[photo]],
+                     "scores": {label: float(s) for label, s in zip(classes, scores)}})
+    return refs
 
 
 def export(run: Path, out: Path, **settings) -> dict:
@@ -215,6 +243,11 @@ def export(run: Path, out: Path, **settings) -> dict:
             meta["edgetpu"] = {"status": "ready"}
             notes.append("edgetpu_compiler is not on PATH: the bundle is Edge TPU ready, not compiled; "
                          "`qc bundle compile BUNDLE` compiles it on an x86-64 machine with Coral's edgetpu-compiler")
+    lo, hi = MQTTConfig.model_fields["threshold_limits"].default
+    if not lo <= threshold["value"] <= hi:
+        notes.append(f"the threshold {threshold['value']:.4f} is outside the default command limits "
+                     f"mqtt.threshold_limits [{lo}, {hi}]: a box refuses to load this bundle by command")
+    meta["references"] = _references(bundle, staging, test, ds.classes, good)
     meta["notes"] = notes
     bundle = write_bundle(staging, model, meta, force=True)
     if max(drop.values()) > max_drop and not cfg_x.allow_drop:

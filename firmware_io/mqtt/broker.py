@@ -106,11 +106,12 @@ def wait_port(port: int, up: bool = True, timeout: float = 10.0) -> None:
 
 
 class LocalBroker:
-    """start / stop / restart on the same port; `users` turns on password authentication (Mosquitto)."""
+    """start / stop / restart on the same port; `users` turns on password authentication and `acl_file` an
+    access control list (Mosquitto)."""
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
-                 prefer: str = os.environ.get("QC_TEST_BROKER", "auto")):
-        self.workdir, self.users = Path(workdir), users
+                 prefer: str = os.environ.get("QC_TEST_BROKER", "auto"), acl_file: Path | None = None):
+        self.workdir, self.users, self.acl_file = Path(workdir), users, acl_file
         self.port = free_port()
         self.kind = "mosquitto" if MOSQUITTO and prefer in ("auto", "mosquitto") else "amqtt"
         self._proc = None
@@ -132,6 +133,8 @@ class LocalBroker:
             subprocess.run([str(Path(MOSQUITTO).with_name("mosquitto_passwd")) if Path(MOSQUITTO).with_name(
                 "mosquitto_passwd").exists() else "mosquitto_passwd", "-U", str(pw)], check=True)
             lines += ["allow_anonymous false", f"password_file {pw}"]
+            if self.acl_file:
+                lines.append(f"acl_file {self.acl_file}")
         else:
             lines.append("allow_anonymous true")
         conf = self.workdir / "mosquitto.conf"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -32,6 +34,48 @@ def prefix_for(cfg: MQTTConfig, line: str, station: str) -> str:
     return cfg.prefix or f"qc/{line}/{station}"
 
 
+def tls_context(cfg: MQTTConfig) -> ssl.SSLContext:
+    """The TLS settings of mqtts://: the broker's certificate checked against ca_file (else the system's CAs)
+    and its host name; a client certificate where one is configured."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        if (file := getattr(cfg, key)) is not None and not Path(file).is_file():
+            raise FirmwareIOError(f"mqtt.{key} {file}: no such file")
+    try:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        if cfg.cert_file:
+            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that is not a certificate or key
+        raise FirmwareIOError(f"mqtt TLS files {cfg.ca_file}, {cfg.cert_file}, {cfg.key_file}: {exc}") from None
+    return ctx
+
+
+def diagnose(cfg: MQTTConfig, timeout: float = 5.0) -> str:
+    """Why a connection to the broker failed, found by trying its steps one by one: paho says only that it did."""
+    where = f"{cfg.host}:{cfg.port}"
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=timeout)
+    except ConnectionRefusedError:
+        return f"refused: nothing listens on {where}"
+    except TimeoutError:
+        return f"timeout: {where} did not answer within {timeout:g} s"
+    except OSError as exc:
+        return f"unreachable: {where}: {exc.strerror or exc}"
+    with sock:
+        if not cfg.tls:
+            return (f"{where} took the connection but ended the MQTT session: a TLS port (use mqtts://), or a "
+                    "broker that refuses this client")
+        try:
+            with tls_context(cfg).wrap_socket(sock, server_hostname=cfg.host):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            return f"certificate: {exc.verify_message} (the broker's certificate against mqtt.ca_file {cfg.ca_file})"
+        except ssl.SSLError as exc:
+            return f"TLS: {exc.reason or exc} (a plain MQTT port? use mqtt://)"
+        except OSError as exc:
+            return f"TLS: {exc}"
+    return f"{where} completed TLS but ended the MQTT session"
+
+
 def new_client(cfg: MQTTConfig, client_id: str, clean_session: bool) -> mqtt.Client:
     """A paho 2.x client with the config's credentials, TLS and reconnect backoff (not yet connected)."""
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -39,15 +83,7 @@ def new_client(cfg: MQTTConfig, client_id: str, clean_session: bool) -> mqtt.Cli
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password)
     if cfg.tls:
-        for key in ("ca_file", "cert_file", "key_file"):
-            if (file := getattr(cfg, key)) is not None and not Path(file).is_file():
-                raise FirmwareIOError(f"mqtt.{key} {file}: no such file")
-        try:
-            client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                           certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                           keyfile=str(cfg.key_file) if cfg.key_file else None)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that is not a certificate or key
-            raise FirmwareIOError(f"mqtt TLS files {cfg.ca_file}, {cfg.cert_file}, {cfg.key_file}: {exc}") from None
+        client.tls_set_context(tls_context(cfg))
     client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=round(cfg.reconnect_max_s))
     return client
 
@@ -61,6 +97,7 @@ class MQTTTelemetry:
         self.log_stream = log_stream
         self.connected = threading.Event()
         self.refused: str | None = None
+        self._failure: str | None = None  # the last connection failure said
         self.counts = {"published": 0, "acked": 0, "refused_full": 0, "spool_errors": 0, "bad_commands": 0}
         self._handler: Callable[[str, dict], dict] | None = None
         self._in_flight: dict[int, int] = {}  # mid -> spool row id
@@ -85,6 +122,7 @@ class MQTTTelemetry:
         client.max_inflight_messages_set(MAX_IN_FLIGHT)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
@@ -97,10 +135,10 @@ class MQTTTelemetry:
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:  # refused (bad credentials, ...): never treated as connected
             self.refused = str(reason_code)
-            self._say(f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code} "
-                      f"(check the user in mqtt.url and the password in ${self.cfg.password_env})")
+            self._failed(f"refused by the broker: {reason_code} (check the user in mqtt.url and the password in "
+                         f"${self.cfg.password_env} or mqtt.password_file)")
             return
-        self.refused = None
+        self.refused = self._failure = None
         with self._lock:
             self._in_flight.clear()
             self._early.clear()
@@ -117,7 +155,19 @@ class MQTTTelemetry:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self.connected.is_set():
             self._say(f"disconnected ({reason_code}); events keep going to the spool")
+        elif self.refused is None:  # ended before the broker acknowledged the session
+            self._failed(diagnose(self.cfg))
         self.connected.clear()
+
+    def _on_connect_fail(self, client, userdata):
+        self._failed(diagnose(self.cfg))
+
+    def _failed(self, reason: str) -> None:
+        """A failed connection attempt: its reason said once (and alarmed, spooled) until it changes."""
+        if reason != self._failure:
+            self._failure = reason
+            self._say(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {reason}; events keep going to the spool")
+            self.alarm("mqtt_connect_failed", reason)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         with self._lock:
@@ -137,6 +187,13 @@ class MQTTTelemetry:
     def _on_message(self, client, userdata, msg):
         name = msg.topic.rsplit("/", 1)[-1]
         if msg.topic.endswith("/result") or not msg.topic.startswith(f"{self.prefix}/cmd/"):
+            return
+        if not msg.payload:  # a retained command being cleared: nothing to run
+            return
+        if msg.retain:  # a command kept by the broker would run again on every reconnect: never obeyed
+            self.counts["bad_commands"] += 1
+            self.alarm("command_retained", f"retained command on {msg.topic} ignored: publish commands without the "
+                       "retain flag, and clear it (an empty retained message on the topic)")
             return
         reply = self._command(name, msg.payload)
         client.publish(f"{self.prefix}/cmd/{name}/result", json.dumps(reply), qos=1)

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from firmware_io.errors import FirmwareIOError
 from firmware_io.settings import Strict
 
 DEFAULT_PORT, TLS_PORT = 1883, 8883
@@ -19,6 +20,7 @@ class MQTTConfig(Strict):
     enabled: bool = Field(True, description="publish telemetry at all")
     url: str = Field(DEFAULT_URL, description="mqtt://[user@]host:port or mqtts://... for TLS")
     password_env: str = Field("QC_MQTT_PASSWORD", description="environment variable holding the password")
+    password_file: Path | None = Field(None, description="or a file holding it (0600, e.g. a systemd credential)")
     client_id: str | None = Field(None, description="unique per station; default qc-<line>-<station>")
     prefix: str | None = Field(None, description="topic prefix; default qc/<line>/<station>")
     ca_file: Path | None = Field(None, description="CA certificate for mqtts")
@@ -37,9 +39,11 @@ class MQTTConfig(Strict):
     when_full: Literal["drop_stats_then_refuse", "drop_oldest"] = Field(
         "drop_stats_then_refuse", description="full spool: drop stats first and then refuse new events (the "
         "runtime alarms), or drop the oldest events of any kind")
-    commands: bool = Field(True, description="accept commands on <prefix>/cmd/<name>")
+    commands: bool = Field(False, description="accept commands on <prefix>/cmd/<name> (anyone who may publish there "
+                           "runs the line: restrict cmd/# with the broker's ACL, deploy/mosquitto-acl.conf)")
     max_command_bytes: int = Field(4096, ge=64)
-    threshold_limits: tuple[float, float] = Field((0.01, 0.99), description="allowed range for cmd/threshold")
+    threshold_limits: tuple[float, float] = Field((0.01, 0.99), description="the range a threshold may take from a "
+                                                  "command, or from a bundle loaded by command")
 
     @field_validator("url")
     @classmethod
@@ -47,6 +51,9 @@ class MQTTConfig(Strict):
         parts = urlsplit(v)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"'{v}' is not mqtt://host:port or mqtts://host:port")
+        if parts.password is not None:
+            raise ValueError("the URL holds a password: secrets come from the environment (password_env) or a file "
+                             "(password_file), never from the config or the command line")
         return v
 
     @property
@@ -68,4 +75,11 @@ class MQTTConfig(Strict):
 
     @property
     def password(self) -> str | None:
-        return urlsplit(self.url).password or os.environ.get(self.password_env)
+        if self.password_env in os.environ:
+            return os.environ[self.password_env]
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FirmwareIOError(f"mqtt.password_file {self.password_file}: cannot be read ({exc})") from None

@@ -44,8 +44,9 @@ class Spool:
                  sync: str = "FULL", reserve_bytes: int = 16 << 20):
         self.path, self.capacity, self.when_full = Path(path), capacity, when_full
         self.reserve_bytes = reserve_bytes
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lockfile = self._take(self.path.with_name(self.path.name + ".lock"))
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # private; SQLite gives its -wal the same mode
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync}")
@@ -62,7 +63,7 @@ class Spool:
     @staticmethod
     def _take(lock: Path):
         """An exclusive lock for as long as this process lives (the kernel drops it with the process)."""
-        f = open(lock, "a+")  # noqa: SIM115 - held until close()
+        f = os.fdopen(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600), "r+")  # held until close()
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -71,6 +72,7 @@ class Spool:
             f.close()
             raise SpoolBusy(f"spool {lock.with_suffix('')} is in use by another process (pid {owner}); one box, "
                             "one spool: stop the other qc or give this one its own mqtt.spool_path") from None
+        f.seek(0)
         f.truncate(0)
         f.write(str(os.getpid()))
         f.flush()

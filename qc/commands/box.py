@@ -85,7 +85,7 @@ def config(a):
         cameras.require(cfg.source.kind)
     load_bundle(cfg.bundle)  # a missing or broken bundle, named
     m = cfg.mqtt
-    for key in ("ca_file", "cert_file", "key_file") if m.enabled else ():
+    for key in ("ca_file", "cert_file", "key_file", "password_file") if m.enabled else ():
         if (file := getattr(m, key)) is not None and not Path(file).is_file():
             raise EdgeError(f"{a.file}: mqtt.{key} {file}: no such file")
     folders = {"store.dir": cfg.store.dir, "mqtt.spool_path": m.spool_path.parent if m.enabled else None}
