@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -90,7 +91,8 @@ def _wait_lines(events: Path, n: int, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def _fill(disk: Path) -> Path:
+def fill_disk(disk: Path) -> Path:
+    """Take every free byte of a filesystem (a file named filler)."""
     filler = disk / "filler"
     with open(filler, "wb") as f:
         try:
@@ -102,9 +104,8 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def _huge_png(path: Path, side: int = 20_000) -> None:
-    import zlib
-
+def huge_png(path: Path, side: int = 20_000) -> Path:
+    """A gray PNG of side x side pixels, all zero: about 400 KB on disk, 400 MB decoded (written row by row)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
@@ -112,6 +113,7 @@ def _huge_png(path: Path, side: int = 20_000) -> None:
     idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
     header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
 
 
 def run_fault(name: str, bundle: Path, work: Path) -> dict:
@@ -130,7 +132,7 @@ def run_fault(name: str, bundle: Path, work: Path) -> dict:
             return {"skipped": "mounting a tmpfs needs root"}
         spool, store = disk / "spool.sqlite", disk / "rejects"
     if name == "huge_image":
-        _huge_png(frames / "007b.png")
+        huge_png(frames / "007b.png")
     if name == "named_pipe":
         os.mkfifo(frames / "007b.png")
     config = _config(work, live, frames, broker.url, spool, store)
@@ -140,7 +142,7 @@ def run_fault(name: str, bundle: Path, work: Path) -> dict:
         procs.append(proc)
         _wait_lines(events, 40)
         if name == "disk_full":
-            filler = _fill(disk)
+            filler = fill_disk(disk)
             threading.Timer(3.0, filler.unlink).start()  # space returns after 3 s
         elif name == "model_overwritten":
             model = (live / "model.tflite").read_bytes()

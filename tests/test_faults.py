@@ -9,12 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.faults import fill_disk, huge_png
 from edge.images import ImageTooLarge, decode
 from edge.telemetry import JsonlTee, MemoryTelemetry
 from firmware_io.mqtt.broker import LocalBroker
@@ -31,18 +31,6 @@ from .test_pipeline import check_one_decision_each, frames, make_runtime
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def huge_png(path: Path, side: int = 20_000) -> Path:
-    """A gray PNG of side x side pixels, all zero: about 400 KB on disk, 400 MB decoded (written row by row)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    z, row = zlib.compressobj(9), b"\0" * (side + 1)
-    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs: a disk that really fills (mounting needs root, which CI has)."""
@@ -55,19 +43,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def fill(disk: Path) -> Path:
-    """Take every free byte of the disk."""
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
-
-
 # 1. a full disk ----------------------------------------------------------------------------------------------
 
 def test_a_full_disk_refuses_new_events_keeps_the_sender_alive_and_delivers_every_accepted_one(small_disk, tmp_path):
@@ -77,7 +52,7 @@ def test_a_full_disk_refuses_new_events_keeps_the_sender_alive_and_delivers_ever
     tel = MQTTTelemetry(cfg, "l1", "s1", log_stream=open(os.devnull, "w"))
     accepted = [i for i in range(20_000) if tel.inspection(event(i) | {"pad": "x" * 400})]
     assert 100 < len(accepted) < 20_000 and tel.counts["refused_full"] == 20_000 - len(accepted)
-    filler = fill(small_disk)  # something else takes the reserve too: deleting may fail now (SQLITE_FULL)
+    filler = fill_disk(small_disk)  # something else takes the reserve too: deleting may fail now (SQLITE_FULL)
     listener = Listener(broker.start().port, "qc/l1/s1/inspection")
     assert wait_for(tel.connected.is_set)
     time.sleep(3)
@@ -93,7 +68,7 @@ def test_a_full_disk_refuses_new_events_keeps_the_sender_alive_and_delivers_ever
 
 def test_a_full_disk_under_the_reject_store_writes_no_empty_files_and_alarms_once(small_disk, bundle_dir, synth32,
                                                                                   tmp_path):
-    fill(small_disk)
+    fill_disk(small_disk)
     rt, tel = make_runtime(bundle_dir, frames(synth32, tmp_path, n=30), tmp_path, decision__threshold=0.0,
                            store__dir=str(small_disk / "rejects"))
     rt.run(on_stats=lambda line: None)

@@ -203,7 +203,7 @@ def test_garbage_on_command_topics(broker, tmp_path):
         state["threshold"] = v
         return {"ok": True}
 
-    tel = MQTTTelemetry(cfg(broker.url, tmp_path, max_command_bytes=100), "l1", "s1")
+    tel = MQTTTelemetry(cfg(broker.url, tmp_path, max_command_bytes=100, commands=True), "l1", "s1")
     tel.on_command(handler)
     listener = Listener(broker.port, "qc/l1/s1/cmd/+/result")
     assert wait_for(tel.connected.is_set)
