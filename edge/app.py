@@ -5,6 +5,7 @@ parts a machine here cannot have (a clock they move by hand, a source of their o
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from edge.config import EdgeConfig
@@ -15,7 +16,7 @@ from edge.telemetry import JsonlTee, MemoryTelemetry, Telemetry
 from firmware_io.errors import QCError
 from firmware_io.gpio import Encoder, PartSensor, RealClock, RejectGate, StackLight, make_backend
 
-__all__ = ["build_runtime"]
+__all__ = ["build_runtime", "start_station"]
 
 STARTUP_ALARM_WAIT_S = 5.0  # how long a failed start waits for the broker to take its alarm
 
@@ -68,3 +69,15 @@ def _wire(cfg: EdgeConfig, telemetry: Telemetry, gpio, clock, source) -> Runtime
     elif cfg.trigger.mode == "encoder":
         encoder.listeners.append(runtime.on_count)
     return runtime
+
+
+def start_station(runtime: Runtime, cfg: EdgeConfig):
+    """The operator's station beside the runtime (`web:`), or None when it is off. A port in use, or an open
+    bind address without operator tokens, is a start-up error."""
+    if not cfg.web.enabled:
+        return None
+    from edge.station import Station, load_operators
+
+    station = Station(runtime, cfg.web, load_operators(cfg.web.operators_file)).start()
+    print(f"[qc] station on {station.url}", file=sys.stderr, flush=True)
+    return station

@@ -101,6 +101,16 @@ class StoreConfig(Strict):
     sample_passes: float = Field(0.0, ge=0, le=1, description="share of passed parts kept too")
 
 
+class WebConfig(Strict):
+    enabled: bool = Field(True, description="serve the station's page, its API and /metrics from `qc run`")
+    bind: str = Field("127.0.0.1", description="address to listen on; any other than loopback needs operator tokens")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free one)")
+    operators_file: Path | None = Field(None, description="operators' tokens, one `name sha256-of-token` per line "
+                                        "(qc station token NAME makes one); QC_WEB_TOKEN in the environment is "
+                                        "the operator admin")
+    feed_hz: float = Field(2.0, gt=0, le=10, description="live page updates and frames per second, at most")
+
+
 class EdgeConfig(Strict):
     line: str = Field("line1", description="line name, used in topics and ids")
     station: str = Field("station1", description="station name, used in topics and ids")
@@ -120,6 +130,7 @@ class EdgeConfig(Strict):
     stats_interval_s: float = Field(5.0, gt=0, description="console and telemetry stats period")
     gpio: GPIOConfig = Field(default_factory=GPIOConfig)
     mqtt: MQTTConfig = Field(default_factory=lambda: MQTTConfig(enabled=False))
+    web: WebConfig = Field(default_factory=WebConfig)
 
 
 def validate_config(values: dict, source: str = "config") -> EdgeConfig:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from edge.decision import Decision, decide, failsafe
 from edge.errors import EdgeError
 from edge.images import decode
 from edge.localize import box, defect_map
+from edge.metrics import Metrics
 from edge.preprocess import crop, prepare, to_rgb
 from edge.sources import Frame
 from edge.stats import Stats
@@ -140,6 +142,9 @@ class Runtime:
         self.cfg = cfg
         self.commanded: float | None = None  # a threshold set by command: it outlives reloads
         self._swap = threading.Lock()  # a reload and a threshold command replace the model one at a time
+        self.metrics = Metrics(self._outside_counts)
+        self.recent_alarms: deque[dict] = deque(maxlen=50)  # for the station's page
+        self.latest: tuple[Frame, dict] | None = None  # the last part decided, in capture order (the station)
         self.model = self.load_model(cfg.bundle)
         self.telemetry = telemetry
         self.stats = Stats()
@@ -176,6 +181,21 @@ class Runtime:
     def threshold(self) -> float:
         return self.model.threshold
 
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        self._model = model  # one reference: a worker takes model and threshold together with its next part
+        self.metrics.running(model.bundle.name, model.bundle.sha256, model.threshold)
+
+    def _outside_counts(self) -> dict:
+        """What /metrics reads from the gate, the spool and the camera when scraped."""
+        spool = getattr(self.telemetry, "spool", None)
+        return {"gate": dict(self.gate.counts), "spool": len(spool) if spool is not None else 0,
+                "camera_lost": getattr(self.source, "counts", {}).get("lost", 0), "paused": self.paused.is_set()}
+
     def load_model(self, path: Path, sha256: str | None = None) -> Model:
         """A bundle verified, its interpreters made and test-run, with the configured or its own threshold."""
         c = self.cfg.classifier
@@ -193,6 +213,8 @@ class Runtime:
 
     def alarm(self, kind: str, message: str, **extra) -> None:
         self.stats.count(f"alarm_{kind}")
+        self.metrics.alarm(kind)
+        self.recent_alarms.append({"kind": kind, "message": message, "ts": time.time()})
         self._tell(self.telemetry.alarm, kind, message, **extra)
         if kind != "late":
             self.light.set("warning")
@@ -240,6 +262,7 @@ class Runtime:
         if frame.error:
             event["error"] = frame.error
         self.stats.add(d.decision, reason, {"end_to_end": latency, **part.t})
+        self.metrics.part(d.decision, reason, {"end_to_end": latency, **part.t})
         return event
 
     def _release(self, index: int, event: dict | None, frame: Frame) -> None:
@@ -252,6 +275,7 @@ class Runtime:
                 if event is not None:
                     self._tell(self.telemetry.inspection, event)
                     self._keep(frame, event)
+                    self.latest = (frame, event)
 
     def _keep(self, frame: Frame, event: dict) -> None:
         if not self.store or not (self.store.wants(event["decision"]) or self.snapshot_next.is_set()):
@@ -454,7 +478,7 @@ class Runtime:
                 self.commanded = None
             if self.commanded is not None:
                 model = replace(model, threshold=self.commanded)
-            self.model = model  # one reference: each worker takes model and threshold together with its next part
+            self.model = model
         return {"ok": True, "model": model.bundle.name, "sha256": model.bundle.sha256, "threshold": model.threshold}
 
     def named_bundle(self, name: str) -> Path:

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class RejectStore:
         self.max_files, self.sample_passes = max_files, sample_passes
         self._rng = random.Random(seed)
         self._kept = sorted(p.stem for p in self.root.glob("*.json"))
+        self._lock = threading.Lock()  # the index and the sidecars: written by the line, read by the station
         self.resting_until = 0.0
         self.not_saved = 0  # frames not kept while the store rested
 
@@ -82,33 +84,60 @@ class RejectStore:
             raise EdgeError(f"reject store {self.root}: {exc.strerror or exc}; not saving for {self.RETRY_S:g} s") \
                 from None
         sidecar = self.root / f"{stem}.json"
-        self._kept.append(stem)
-        while len(self._kept) > self.max_files:
-            old = self._kept.pop(0)
-            for suffix in self.SUFFIXES:
-                (self.root / f"{old}{suffix}").unlink(missing_ok=True)
+        with self._lock:
+            self._kept.append(stem)
+            while len(self._kept) > self.max_files:
+                old = self._kept.pop(0)
+                for suffix in self.SUFFIXES:
+                    (self.root / f"{old}{suffix}").unlink(missing_ok=True)
         return sidecar
+
+    def has(self, stem: str) -> bool:
+        """A frame of this store's own index: the only way a request reaches a file."""
+        with self._lock:
+            return stem in self._kept
+
+    def entries(self, limit: int = 200) -> list[dict]:
+        """The newest `limit` sidecars, newest first, each with its `stem`."""
+        with self._lock:
+            stems = self._kept[-limit:][::-1]
+        out = []
+        for stem in stems:
+            try:
+                out.append(json.loads((self.root / f"{stem}.json").read_text()) | {"stem": stem})
+            except (OSError, ValueError):  # removed by the cap meanwhile
+                continue
+        return out
+
+    def label(self, stem: str, label: str, by: str | None) -> dict:
+        """An operator's verdict on a stored frame, kept in its sidecar: `qc review` files it by it."""
+        with self._lock:
+            sidecar = self.root / f"{stem}.json"
+            event = json.loads(sidecar.read_text())
+            event["review"] = {"label": label, "by": by, "at": time.time()}
+            self._write(sidecar, json.dumps(event, indent=1).encode())
+        return event
 
 
 def review(store: Path, into: Path, label: str | None = None, labels_file: Path | None = None,
            split: str = "train") -> dict[str, int]:
     """Copy stored frames into DATASET/<class>/ (or DATASET/<split>/<class>/ for a split dataset).
 
-    Labels come in bulk (`label`) or per frame from a JSON file {"<stem or id>": "<class>"}; frames
-    without a label are left where they are."""
+    Labels come in bulk (`label`), per frame from a JSON file {"<stem or id>": "<class>"}, or, with neither,
+    from the labels operators gave on the station's review page (kept in the sidecars; `skip` is not filed);
+    frames without a label are left where they are."""
     store, into = Path(store), Path(into)
     per_file = json.loads(Path(labels_file).read_text()) if labels_file else {}
-    if not label and not per_file:
-        raise EdgeError("give --label CLASS for all frames, or --labels FILE.json mapping frame ids to classes")
     if not into.is_dir():
         raise EdgeError(f"{into}: dataset folder does not exist")
     base = into / split if (into / split).is_dir() else into
     filed: dict[str, int] = {}
     for sidecar in sorted(store.glob("*.json")):
         event = json.loads(sidecar.read_text())
-        cls = per_file.get(sidecar.stem) or per_file.get(event.get("id", "")) or label
+        reviewed = event.get("review", {}).get("label") if not (label or per_file) else None
+        cls = per_file.get(sidecar.stem) or per_file.get(event.get("id", "")) or label or reviewed
         image = sidecar.with_suffix(".png")
-        if not cls or not image.exists():
+        if not cls or cls == "skip" or not image.exists():
             continue
         if cls in ("masks", "ground_truth") or "/" in cls:
             raise EdgeError(f"'{cls}' cannot be a class name")

@@ -45,16 +45,23 @@ def edge_config(a):
     return load_config(a.config, overrides)
 
 
-@command("run", "inspect parts on a camera box: frames -> int8 model -> pass/reject -> gate, MQTT, stats", _run_args)
+@command("run", "inspect parts on a camera box: frames -> int8 model -> pass/reject -> gate, MQTT, stats, and the "
+         "station's web page (web.port, 8080)", _run_args)
 def run(a):
     import signal
 
-    from edge.app import build_runtime
+    from edge.app import build_runtime, start_station
 
-    runtime = build_runtime(edge_config(a), events=a.events)
+    cfg = edge_config(a)
+    runtime = build_runtime(cfg, events=a.events)
+    station = start_station(runtime, cfg)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.stop_event.set())
-    return runtime.run(duration=a.duration, max_parts=a.max_parts)
+    try:
+        return runtime.run(duration=a.duration, max_parts=a.max_parts)
+    finally:
+        if station is not None:
+            station.stop()
 
 
 def _config_args(p):
@@ -151,3 +158,23 @@ def bench(a):
         from bench.edge_pipeline import run_benchmark
 
         emit(run_benchmark(a.bundle, a.frames, a.threads, a.seconds, a.workers), command)
+
+
+def _station_args(p):
+    p.add_argument("action", choices=["token"], help="token: a new operator token")
+    p.add_argument("name", help="the operator's name, as the review sidecars will record it")
+
+
+@command("station", "make an operator's token for the station's controls and review: prints the token (for the "
+         "operator) and the line for web.operators_file (which keeps only its sha256)", _station_args)
+def station(a):
+    import re
+    import secrets
+
+    from edge.errors import EdgeError
+    from edge.station import token_line
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", a.name):
+        raise EdgeError(f"operator name {a.name!r}: letters, digits, _ . - only")
+    token = secrets.token_urlsafe(24)
+    return {"operator": a.name, "token": token, "operators_file_line": token_line(a.name, token)}
