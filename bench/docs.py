@@ -158,6 +158,14 @@ def _faults(r):
             "every part decided exactly once, 0 accepted events lost, 0 crashes")
 
 
+def _station(r):
+    c, lat = r["capacity_per_s"], r["latency_ms"]
+    return (f"station serving a client polling state and frame at {r['poll_hz']:g} Hz: {c['on']} parts/s "
+            f"({r['capacity_on_vs_off']} x), latency p99 {lat['on']['p99']} ms",
+            f"station off: {c['off']} parts/s, latency p99 {lat['off']['p99']} ms",
+            f"capacity with the station at least {r['target']} x without")
+
+
 def _wheels(r):
     boxes = r["boxes"]
     return ("; ".join(f"{k} (Python {b['python']}, glibc {b['glibc']}): {len(b['wheels'])} binary wheels"
@@ -170,7 +178,7 @@ def _wheels(r):
 FORMAT = {"synth": _synth, "reject_timing": _reject_timing, "telemetry": _telemetry, "export": _export,
           "train_quality": _train_quality, "default_backbone": _default_backbone, "edge_pipeline": _edge_pipeline,
           "any_dataset": _any_dataset, "camera_aravis": _camera,
-          "wheels": _wheels, "faults": _faults}
+          "wheels": _wheels, "faults": _faults, "station": _station}
 
 
 def render(results: list[dict]) -> str:

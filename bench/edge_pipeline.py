@@ -125,11 +125,17 @@ class _Line(Recorded):
             yield Frame(seq, pace.wait(), None, "bench", encoded=self.blobs[seq % len(self.blobs)])
 
 
-def _pipeline(cfg: EdgeConfig, source: _Line, seconds: float, warmup: float) -> dict:
-    """Run the pipeline; figures over the parts decided from `warmup` after the first decision, for `seconds`."""
+def _pipeline(cfg: EdgeConfig, source: _Line, seconds: float, warmup: float, beside=None) -> dict:
+    """Run the pipeline; figures over the parts decided from `warmup` after the first decision, for `seconds`.
+    `beside(runtime)` starts something next to it for the run and returns what stops it."""
     tel = _Timeline()
     runtime = build_runtime(cfg, telemetry=tel, source=source)
-    runtime.run(duration=warmup + seconds + 0.5, on_stats=lambda line: None)
+    stop = beside(runtime) if beside else None
+    try:
+        runtime.run(duration=warmup + seconds + 0.5, on_stats=lambda line: None)
+    finally:
+        if stop:
+            stop()
     start = tel.parts[0][0] + warmup if tel.parts else 0.0
     parts = [p for p in tel.parts if start <= p[0] <= start + seconds]
     latency = np.array([p[1] for p in parts]) if parts else np.zeros(1)

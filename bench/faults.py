@@ -68,7 +68,7 @@ def _frames(folder: Path, n: int) -> Path:
 def _config(work: Path, bundle: Path, frames: Path, broker_url: str, spool: Path, store: Path | None) -> Path:
     config = work / "edge.yaml"
     config.write_text(json.dumps({
-        "bundle": str(bundle), "stats_interval_s": 0.5, "gpio": {"backend": "sim"},
+        "bundle": str(bundle), "stats_interval_s": 0.5, "gpio": {"backend": "sim"}, "web": {"port": 0},
         "store": {"dir": str(store) if store else None},
         "source": {"kind": "folder", "path": str(frames), "loop": True, "rate_hz": RATE_HZ},
         "mqtt": {"enabled": True, "url": broker_url, "spool_path": str(spool), "spool_reserve_mb": 1.0,

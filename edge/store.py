@@ -144,4 +144,7 @@ def review(store: Path, into: Path, label: str | None = None, labels_file: Path 
         (base / cls).mkdir(parents=True, exist_ok=True)
         shutil.copy2(image, base / cls / f"review_{image.name}")
         filed[cls] = filed.get(cls, 0) + 1
+    if not filed and not (label or per_file):
+        raise EdgeError(f"{store}: no frame is labelled on the station's review page; give --label CLASS for all "
+                        "frames, or --labels FILE.json mapping frame ids to classes")
     return filed

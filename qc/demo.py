@@ -56,7 +56,7 @@ def _gallery(store: Path, limit: int = 48) -> str:
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
-    from edge.app import build_runtime
+    from edge.app import build_runtime, start_station
     from edge.config import validate_config
     from firmware_io.mqtt.broker import EmbeddedBroker, free_port
     from firmware_io.mqtt.collector import Collector
@@ -113,9 +113,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
             "source": {"kind": "folder", "path": str(out / "conveyor"), "rate_hz": recipe["rate"]},
             "store": {"dir": str(out / "rejects"), "max_files": 1000},
             "gpio": {"backend": "sim", "gate": {"delay_ms": 400, "pulse_ms": 20, "min_gap_ms": 5}},
-            "mqtt": mqtt_cfg.model_dump() | {"enabled": True}})
+            "mqtt": mqtt_cfg.model_dump() | {"enabled": True}, "web": {"port": 0}})
         events_path = out / "events.jsonl"
-        final = build_runtime(cfg, events=events_path).run()
+        runtime = build_runtime(cfg, events=events_path)
+        station = start_station(runtime, cfg)
+        stack.callback(station.stop)
+        print(f"the live station while the conveyor runs: {station.url}", flush=True)
+        final = runtime.run()
         deadline = time.monotonic() + 20
         while collector.counts["inspections"] < recipe["parts"] and time.monotonic() < deadline:
             time.sleep(0.1)

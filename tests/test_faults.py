@@ -87,7 +87,7 @@ def test_a_model_overwritten_in_place_during_a_run_changes_nothing(bundle_dir, s
     sha = json.loads((live / "model.json").read_text())["sha256"]
     config = tmp_path / "edge.yaml"
     config.write_text(json.dumps({"bundle": str(live), "stats_interval_s": 0.2, "store": {"dir": None},
-                                  "gpio": {"backend": "sim"},
+                                  "gpio": {"backend": "sim"}, "web": {"port": 0},
                                   "source": {"kind": "folder", "path": str(synth32 / "test"), "loop": True,
                                              "rate_hz": 40}}))
     events = tmp_path / "events.jsonl"
@@ -231,7 +231,7 @@ def test_a_second_process_on_one_spool_exits_at_once_with_a_named_error(bundle_d
     with pytest.raises(SpoolBusy, match=f"in use by another process \\(pid {os.getpid()}\\)"):
         Spool(spool)
     config = tmp_path / "edge.yaml"
-    config.write_text(json.dumps({"bundle": str(bundle_dir), "gpio": {"backend": "sim"},
+    config.write_text(json.dumps({"bundle": str(bundle_dir), "gpio": {"backend": "sim"}, "web": {"port": 0},
                                   "source": {"kind": "folder", "path": str(synth32 / "test")},
                                   "mqtt": {"enabled": True, "url": "mqtt://127.0.0.1:9", "spool_path": str(spool)}}))
     t0 = time.monotonic()

@@ -123,7 +123,7 @@ def test_edge_killed_with_sigkill_delivers_its_spool_on_restart(tmp_path, bundle
     spool = tmp_path / "spool.sqlite"
     config = tmp_path / "edge.yaml"
     config.write_text(json.dumps({
-        "bundle": str(bundle_dir), "stats_interval_s": 0.5, "store": {"dir": None},
+        "bundle": str(bundle_dir), "stats_interval_s": 0.5, "store": {"dir": None}, "web": {"port": 0},
         "source": {"kind": "folder", "path": str(synth32 / "test"), "loop": True, "rate_hz": 40},
         "mqtt": {"enabled": True, "url": broker.url, "spool_path": str(spool), "reconnect_min_s": 0.5,
                  "reconnect_max_s": 1}}))

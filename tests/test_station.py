@@ -46,7 +46,7 @@ def test_the_live_state_feed_frame_and_metrics_follow_the_parts(line):
     assert page.status_code == 200 and "EventSource" in page.text
     state = http.get("/api/state").json()
     assert state["model"]["sha256"] == rt.bundle.sha256 and state["latest"]["decision"] == "reject"
-    with http.stream("GET", "/api/events") as feed:  # server-sent events
+    with http.stream("GET", "/api/events") as feed:  # server-sent events; left mid-stream: the rest goes on
         line1 = next(line for line in feed.iter_lines() if line.startswith("data: "))
     assert json.loads(line1[6:])["counts"]["parts"] >= 10
     jpeg = http.get("/frame.jpg")
@@ -173,3 +173,11 @@ def test_the_page_in_a_real_browser(line, tmp_path):
         driver.save_screenshot(os.environ.get("QC_STATION_SCREENSHOT", str(tmp_path / "station.png")))
     finally:
         driver.quit()
+
+
+def test_the_station_bench_runs_the_line_with_and_without_a_polling_client(bundle_dir):
+    from bench.station import run_station_benchmark
+
+    r = run_station_benchmark(bundle_dir, seconds=0.5, warmup=0.2)
+    assert len(r["polls_answered"]) == 2 and all(p["state"] > 0 for p in r["polls_answered"])
+    assert r["capacity_on_vs_off"] == pytest.approx(r["capacity_per_s"]["on"] / r["capacity_per_s"]["off"], abs=0.02)

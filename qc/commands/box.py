@@ -131,6 +131,8 @@ def _bench_args(p):
     p.add_argument("--source", choices=["aravis"], help="measure a camera source instead: aravis, against a bare "
                    "Aravis loop (Debian's fake GigE Vision camera unless --camera)")
     p.add_argument("--camera", help="with --source aravis: a camera id from `qc cameras`")
+    p.add_argument("--station", action="store_true", help="with --bundle: capacity with the station serving a "
+                   "client that polls it at 5 Hz, against the station off")
     p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
     p.add_argument("--threads", type=int, help="LiteRT CPU threads per interpreter (default: as qc run)")
     p.add_argument("--workers", type=int, help="pipeline workers (default: as qc run)")
@@ -154,6 +156,10 @@ def bench(a):
         emit(run_camera_benchmark(a.camera, seconds=a.seconds), command)
     elif a.bundle is None:
         raise EdgeError("--bundle is needed (or --source aravis)")
+    elif a.station:
+        from bench.station import run_station_benchmark
+
+        emit(run_station_benchmark(a.bundle, seconds=a.seconds), command)
     else:
         from bench.edge_pipeline import run_benchmark
 
