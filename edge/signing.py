@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge.errors import EdgeError
 
-__all__ = ["SIGNATURE", "keygen", "manifest", "sign", "verify"]
+__all__ = ["SIGNATURE", "keygen", "manifest", "public_key_id", "sign", "verify"]
 
 SIGNATURE = "signature.json"
 
@@ -47,6 +47,11 @@ def key_id(public_key) -> str:
     _, serialization, _, _ = _crypto()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_key_id(path: Path) -> str:
+    """The id (sha256 prefix of the raw key) of a public key file, as `sign` records it."""
+    return key_id(_load(path, private=False))
 
 
 def _load(path: Path, private: bool):

@@ -158,13 +158,16 @@ class Station:
             return JSONResponse({"ok": False, "error": "body must be a JSON object"}, 400)
         return payload
 
-    def _refused(self, request: Request) -> Response | None:
+    async def _operators_request(self, request: Request) -> tuple[str, dict] | Response:
+        """(operator, JSON body) of a control or a label, or the response refusing it."""
         if not self.operators:
             return JSONResponse({"ok": False, "error": f"no operators: set web.operators_file or {TOKEN_ENV}"}, 403)
-        if self._operator(request) is None:
+        who = self._operator(request)
+        if who is None:
             return JSONResponse({"ok": False, "error": "an operator's token is needed (Authorization: Bearer)"}, 401,
                                 headers={"WWW-Authenticate": "Bearer"})
-        return None
+        payload = await self._body(request)
+        return payload if isinstance(payload, Response) else (who, payload)
 
     # --- pages ---
 
@@ -249,26 +252,20 @@ class Station:
     # --- controls ---
 
     async def command(self, request: Request) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
-        payload = await self._body(request)
-        if isinstance(payload, Response):
-            return payload
-        reply = await run_in_threadpool(self.rt.command, request.path_params["name"], payload)
+        if isinstance(asked := await self._operators_request(request), Response):
+            return asked
+        reply = await run_in_threadpool(self.rt.command, request.path_params["name"], asked[1])
         return JSONResponse(reply, 200 if reply.get("ok") else 400)
 
     async def review(self, request: Request) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
-        payload = await self._body(request)
-        if isinstance(payload, Response):
-            return payload
+        if isinstance(asked := await self._operators_request(request), Response):
+            return asked
+        who, payload = asked
         store, stem, label = self.rt.store, request.path_params["stem"], payload.get("label")
         if store is None or not store.has(stem):
             return Response(status_code=404)
         allowed = [*self.rt.bundle.labels, "skip"]
         if label not in allowed:
             return JSONResponse({"ok": False, "error": f"label must be one of {allowed}"}, 400)
-        who = self._operator(request)
         await run_in_threadpool(store.label, stem, label, who)
         return JSONResponse({"ok": True, "stem": stem, "label": label, "by": who, "at": time.time()})
