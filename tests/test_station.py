@@ -163,12 +163,15 @@ def test_the_page_in_a_real_browser(line, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "status").text == "PAUSED")
         assert rt.paused.is_set() and wait_for(lambda: tel.stats_ and tel.stats_[-1]["paused"])
         driver.find_element(By.ID, "refresh").click()
-        figure = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery figure"))[0]
-        stem = figure.get_attribute("data-stem")
-        figure.find_element(By.CSS_SELECTOR, "button[data-label='good']").click()
+        # the gallery re-renders as it loads: each step finds its figure afresh, by the frame's stem
+        stem = wait.until(lambda d: d.execute_script(
+            "const f = document.querySelector('#gallery figure'); return f && f.dataset.stem"))
+        figure = f"#gallery figure[data-stem='{stem}']"
+        driver.execute_script(f"document.querySelector(\"{figure} button[data-label='good']\").click()")
         sidecar = rt.store.root / f"{stem}.json"
         assert wait_for(lambda: json.loads(sidecar.read_text()).get("review", {}).get("by") == "alice")
-        wait.until(lambda d: "reviewed: good" in d.find_element(By.CSS_SELECTOR, "#gallery figure").text)
+        wait.until(lambda d: "reviewed: good" in d.execute_script(
+            f"const f = document.querySelector(\"{figure}\"); return f ? f.textContent : ''"))
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(os.environ.get("QC_STATION_SCREENSHOT", str(tmp_path / "station.png")))
     finally:
