@@ -110,8 +110,9 @@ class FolderSource(Recorded):
             raise EdgeError(f"source.path {cfg.path!r} is not a folder")
         self.on_alarm = on_alarm or (lambda kind, msg: None)
         named = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and "masks" not in p.parts)
-        self.files = [p for p in named if not _irregular(p)]
-        self.skipped = [p.name for p in named if p not in self.files]  # alarmed when the run starts reading
+        irregular = [_irregular(p) for p in named]
+        self.files = [p for p, odd in zip(named, irregular) if not odd]
+        self.skipped = [p.name for p, odd in zip(named, irregular) if odd]  # alarmed when the run starts reading
         if not self.files:
             raise EdgeError(f"source.path {cfg.path!r} holds no images")
         self.cfg = cfg
