@@ -80,6 +80,7 @@ class Threshold(Strict):
     chosen_with: str | None = Field(None, description="the model whose scores chose it")
     recall_interval: tuple[float, float] | None = Field(
         None, description="the defect recall the split vouches for at this value: 95 % exact binomial interval")
+    max_false_rejects: float | None = Field(None, gt=0, lt=1, description="the share of good parts it may reject")
 
     @field_validator("value")
     @classmethod

@@ -39,12 +39,13 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], ski
             continue
         kind = _unwrap(field.annotation)
         kwargs: dict = {"help": _help(field), "dest": name}
+        if typing.get_origin(kind) is list:
+            kwargs |= {"nargs": "+", "metavar": name.upper()}
+            kind = typing.get_args(kind)[0]
         if typing.get_origin(kind) is typing.Literal:
             kwargs |= {"choices": list(typing.get_args(kind)), "type": type(typing.get_args(kind)[0])}
         elif kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is list:
-            kwargs |= {"nargs": "+", "type": typing.get_args(kind)[0], "metavar": name.upper()}
         elif kind in (int, float, str, Path):
             kwargs["type"] = kind
         else:

@@ -11,7 +11,8 @@ from pydantic import Field, model_validator
 
 from firmware_io.settings import Strict
 
-__all__ = ["ARCHITECTURES", "DEFECTS", "FALSE_REJECT_BUDGET", "PLATEAU_PATIENCE", "TARGET_RECALL",
+__all__ = ["ARCHITECTURES", "DEFECTS", "DEFECT_LABEL", "FALSE_REJECT_BUDGET", "PAINTERS", "PLATEAU_PATIENCE",
+           "TARGET_RECALL",
            "AugmentConfig", "ExportConfig", "SynthConfig", "TrainConfig"]
 
 
@@ -34,6 +35,8 @@ PLATEAU_PATIENCE = 8
 TARGET_RECALL = 0.99  # the defect recall a reject threshold is chosen for, on the validation split
 FALSE_REJECT_BUDGET = 0.02  # the share of good parts a threshold may reject to catch more defects
 DEFECTS = ("scratch", "spot", "crack", "stain")  # what the synthetic generator paints
+PAINTERS = (*DEFECTS, "cutpaste")  # what good-only training paints on good photos (training/goodonly.py)
+DEFECT_LABEL = "defect"  # a good-only model's one defect class
 
 
 class AugmentConfig(Strict):
@@ -91,7 +94,17 @@ class TrainConfig(Strict):
     steps_per_epoch: int | None = Field(None, ge=1, description="cap batches per epoch (quick runs)")
     seed: int = Field(0, description="seed of the split, the initial weights and the augmentation")
     skip_bad: bool = Field(False, description="skip unreadable images instead of failing")
-    init_from: Path | None = Field(None, description="continue from an earlier run's model (retrain with new labels)")
+    init_from: Path | None = Field(None, description="continue from an earlier run's model (retrain with new labels); "
+                                   "from a --good-only run onto labelled data: its backbone, with a new head")
+    good_only: bool = Field(False, description="learn from good photos only: defects are painted on them during "
+                            f"training, the model's classes are good and {DEFECT_LABEL}, and the reject threshold "
+                            "comes from the good validation photos and --max-false-rejects (defect photos in the "
+                            "train and val splits are left out; the test split's are kept for `qc evaluate`)")
+    painters: list[Literal[PAINTERS]] = Field(list(PAINTERS), min_length=1,
+                                              description="with --good-only: the defects painted on good photos")
+    max_false_rejects: float = Field(FALSE_REJECT_BUDGET, gt=0, lt=1, description="share of good parts the reject "
+                                     "threshold may reject: with --good-only its good validation scores' quantile; "
+                                     "otherwise spent to catch more defects than the target recall's fit")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="augmentation (a --config file's "
                                    "`augment:` section)")
 

@@ -18,6 +18,7 @@ from edge.decision import GOOD
 from edge.images import IMAGE_EXTS, ImageError
 from edge.images import decode as decode_image
 from edge.preprocess import resize, to_rgb
+from training.config import DEFECT_LABEL
 from training.errors import TrainingError
 
 __all__ = ["GOOD", "SPLIT_FRACTIONS", "DatasetError", "Item", "Dataset", "Views", "scan", "load_arrays", "load_views",
@@ -41,6 +42,7 @@ class Item:
     label: str
     split: str
     mask: Path | None = None
+    kind: str | None = None  # good-only: the defect folder a test photo came from (its label is `defect`)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Dataset:
     manifest_sha256: str
     bad: list[tuple[Path, str]] = field(default_factory=list)
     sizes: Counter = field(default_factory=Counter)
+    left_out: int = 0  # good-only: defect photos of the train and val splits, not used
 
     @property
     def class_index(self) -> dict[str, int]:
@@ -85,6 +88,9 @@ class Dataset:
                 f"image sizes: width {min(ws)}-{max(ws)}, height {min(hs)}-{max(hs)}, "
                 f"{len(self.sizes)} distinct, channels {chans}"
             )
+        if self.left_out:
+            lines.append(f"good-only: {self.left_out} defect photo(s) of the train and val splits left out; "
+                         f"the test split's {counts['test'].get(DEFECT_LABEL, 0)} kept to evaluate with")
         if self.bad:
             lines.append(f"skipped {len(self.bad)} unreadable file(s):")
             lines += [f"  {p}: {why}" for p, why in self.bad]
@@ -182,7 +188,7 @@ def _collect(root: Path) -> tuple[str, list[Item], list[Path]]:
     return layout, items, strays
 
 
-def _check_classes(root: Path, layout: str, items: list[Item], seed: int) -> list[str]:
+def _check_classes(root: Path, layout: str, items: list[Item], seed: int, good_only: bool) -> list[str]:
     if not items:
         raise DatasetError(f"{root}: no images found (expected {root}/<class>/*.png|jpg|bmp|tif)")
     counts = Counter(it.label for it in items)
@@ -191,21 +197,33 @@ def _check_classes(root: Path, layout: str, items: list[Item], seed: int) -> lis
         raise DatasetError(f"{root}: class folder(s) {empty} hold no images")
     if GOOD not in counts:
         raise DatasetError(f"{root}: no '{GOOD}' class folder; the non-defective class must be named '{GOOD}'")
-    if len(counts) < 2:
-        raise DatasetError(f"{root}: only the class {list(counts)}; at least one defect class is needed")
+    if len(counts) < 2 and not good_only:
+        raise DatasetError(f"{root}: only the class {list(counts)}; at least one defect class is needed "
+                           "(or train with --good-only)")
     classes = _order_classes(counts)
     if layout != "split":
         _stratified_split(items, seed)
     for split in SPLIT_NAMES:
         present = {it.label for it in items if it.split == split}
-        missing = [c for c in classes if c not in present]
+        missing = [c for c in ([GOOD] if good_only else classes) if c not in present]
         if missing:
             raise DatasetError(f"{root}: split '{split}' has no images of class(es) {missing}")
     return classes
 
 
-def scan(root: str | Path, seed: int = 0, skip_bad: bool = False, check_images: bool = True) -> Dataset:
-    """Find and check every image; fail before training on anything wrong (or skip it with skip_bad)."""
+def _good_only(items: list[Item]) -> tuple[list[Item], int]:
+    """The items a good-only model sees: the good photos, and the test split's defects labelled `defect`."""
+    kept = [it for it in items if it.label == GOOD or it.split == "test"]
+    for it in kept:
+        if it.label != GOOD:
+            it.kind, it.label = it.label, DEFECT_LABEL
+    return kept, len(items) - len(kept)
+
+
+def scan(root: str | Path, seed: int = 0, skip_bad: bool = False, check_images: bool = True,
+         good_only: bool = False) -> Dataset:
+    """Find and check every image; fail before training on anything wrong (or skip it with skip_bad).
+    `good_only`: a `good` class alone is enough, and the classes become good and defect (see _good_only)."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"{root}: dataset folder does not exist")
@@ -238,8 +256,12 @@ def scan(root: str | Path, seed: int = 0, skip_bad: bool = False, check_images: 
         listing = "\n  ".join(f"{p}: {why}" for p, why in unreadable[:20])
         raise DatasetError(f"{root}: {len(unreadable)} unreadable image(s):\n  {listing}\n"
                            "fix or remove them, or pass --skip-bad to skip them")
-    classes = _check_classes(root, layout, good_items, seed)
-    return Dataset(root, layout, classes, good_items, digest.hexdigest(), bad, sizes)
+    classes = _check_classes(root, layout, good_items, seed, good_only)
+    left_out = 0
+    if good_only:
+        classes = [GOOD, DEFECT_LABEL]
+        good_items, left_out = _good_only(good_items)
+    return Dataset(root, layout, classes, good_items, digest.hexdigest(), bad, sizes, left_out)
 
 
 def load_arrays(ds: Dataset, split: str, size: int, with_masks: bool = False):

@@ -22,13 +22,15 @@ from training import model as models
 from training.config import FALSE_REJECT_BUDGET, TARGET_RECALL
 from training.errors import TrainingError
 
-__all__ = ["THRESHOLD_METHOD", "binary_report", "choose_threshold", "evaluate", "explain", "overlay", "pointing_game",
-           "recall_interval"]
+__all__ = ["GOOD_ONLY_METHOD", "THRESHOLD_METHOD", "binary_report", "choose_threshold", "evaluate", "explain",
+           "good_quantile", "overlay", "pick_threshold", "pointing_game", "recall_at_false_rejects", "recall_interval"]
 
 
 THRESHOLD_METHOD = ("the lower of the defect scores' fitted quantile for the target recall (a normal fit to their "
                     "logits, from the median and the 16th percentile) and the good scores' quantile for the "
                     "false-reject budget")
+GOOD_ONLY_METHOD = ("the good validation photos' scores' quantile for the false-reject budget: the model was trained "
+                    "on good parts only, and no real defect set the threshold")
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -53,9 +55,34 @@ def choose_threshold(scores: np.ndarray, is_defect: np.ndarray, target_recall: f
     z = _logit(defects)
     centre = float(np.median(z))
     spread = max(0.0, centre - float(np.quantile(z, norm.cdf(-1))))
-    fitted = centre + float(norm.ppf(1 - target_recall)) * spread
-    budget = float(np.quantile(_logit(goods), 1 - max_false_rejects)) if len(goods) else np.inf
-    return float(1 / (1 + np.exp(-min(fitted, budget))))
+    fitted = float(1 / (1 + np.exp(-(centre + float(norm.ppf(1 - target_recall)) * spread))))
+    return min(fitted, good_quantile(goods, max_false_rejects)) if len(goods) else fitted
+
+
+def good_quantile(goods: np.ndarray, max_false_rejects: float) -> float:
+    """The threshold that rejects `max_false_rejects` of these good parts' scores (interpolated in logit space)."""
+    if len(goods) == 0:
+        raise TrainingError("no good parts in the split: cannot choose a threshold from them")
+    return float(1 / (1 + np.exp(-np.quantile(_logit(goods), 1 - max_false_rejects))))
+
+
+def pick_threshold(record: dict, scores: np.ndarray, is_defect: np.ndarray, target_recall: float) -> dict:
+    """A run's reject threshold from its validation scores, and how it was chosen (the bundle card's
+    `threshold`): a good-only run (RUN/config.json `record`) from its good parts alone."""
+    budget = record.get("max_false_rejects", FALSE_REJECT_BUDGET)
+    if record.get("good_only"):
+        return {"value": good_quantile(scores[~is_defect], budget), "chosen_on": "val", "method": GOOD_ONLY_METHOD,
+                "max_false_rejects": budget}
+    value = choose_threshold(scores, is_defect, target_recall, budget)
+    return {"value": value, "chosen_on": "val", "method": THRESHOLD_METHOD, "target_recall": target_recall,
+            "max_false_rejects": budget, "recall_interval": recall_interval(scores, is_defect, value)}
+
+
+def recall_at_false_rejects(scores: np.ndarray, is_defect: np.ndarray, share: float) -> float:
+    """The defect recall of the lowest threshold that rejects at most `share` of the good parts."""
+    goods = np.sort(scores[~is_defect])[::-1]
+    above = goods[min(int(np.floor(share * len(goods))), len(goods) - 1)]
+    return float((scores[is_defect] > above).mean())
 
 
 def recall_interval(scores: np.ndarray, is_defect: np.ndarray, threshold: float, confidence: float = 0.95) -> list[float]:
@@ -135,15 +162,25 @@ def _report_html(m: dict, pngs: dict[str, Path], out: Path) -> None:
     figures = "".join(f"<figure><img src='{png_data_uri(p)}'><figcaption>{html.escape(k)}</figcaption></figure>"
                       for k, p in pngs.items())
     thr = m["threshold"]
+    test = (f"On the {m['split']} split it catches <b>{100 * thr['test']['recall']:.2f}%</b> of defective parts and "
+            f"rejects <b>{100 * thr['test']['false_reject_rate']:.2f}%</b> of good parts.")
+    if m.get("good_only"):
+        chosen = (f"chosen on the validation split's {thr['val_goods']} good parts to reject at most "
+                  f"{100 * thr['max_false_rejects']:g}% of them ({html.escape(thr['method'])}). {test}")
+        found = m.get("recall_by_kind")
+        if found:
+            chosen += " Found of each kind of defect: " + ", ".join(
+                f"{html.escape(k)} {100 * v:.0f}%" for k, v in found.items()) + "."
+    else:
+        chosen = (f"chosen on the validation split for a defect recall of {thr['target_recall']:.3f} and at most "
+                  f"{100 * thr['max_false_rejects']:g}% false rejects spent on it ({html.escape(thr['method'])}). "
+                  f"{test} The validation split's {thr['val_defects']} defects vouch for a recall between "
+                  f"<b>{thr['recall_interval'][0]:.3f}</b> and {thr['recall_interval'][1]:.3f} at this threshold "
+                  "(95 %, exact binomial interval): more validation defects narrow it.")
+    trained = " The model was trained on good parts only." if m.get("good_only") else ""
     body = f"""<h1>Evaluation of {html.escape(m['run'])}</h1>
-<p>Dataset {html.escape(m['dataset'])}, split <b>{m['split']}</b>, {m['n']} images, classes {html.escape(', '.join(m['classes']))}.</p>
-<p class="big">Reject when defect score &ge; <b>{thr['value']:.4f}</b>, chosen on the validation split for a defect recall of
-{thr['target_recall']:.3f} and at most {100 * thr['max_false_rejects']:.0f}% false rejects spent on it
-({html.escape(thr['method'])}). On the test split it catches <b>{100 * thr['test']['recall']:.2f}%</b> of defective parts and
-rejects <b>{100 * thr['test']['false_reject_rate']:.2f}%</b> of good parts. The validation split's
-{thr['val_defects']} defects vouch for a recall between
-<b>{thr['recall_interval'][0]:.3f}</b> and {thr['recall_interval'][1]:.3f} at this threshold (95 %, exact binomial
-interval): more validation defects narrow it.</p>
+<p>Dataset {html.escape(m['dataset'])}, split <b>{m['split']}</b>, {m['n']} images, classes {html.escape(', '.join(m['classes']))}.{trained}</p>
+<p class="big">Reject when defect score &ge; <b>{thr['value']:.4f}</b>, {chosen}</p>
 <h2>Defect vs good</h2><h3>at the chosen threshold</h3>{table(thr['test'])}
 <h3>at the most likely class (argmax)</h3>{table(m['binary_argmax'])}
 {table({'ROC AUC': m['roc_auc'], 'PR AUC': m['pr_auc'], 'pointing game hit rate': m.get('pointing_game', {}).get('hit_rate', float('nan'))})}
@@ -159,7 +196,7 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
     net = models.load(run)
     if cfg is None:
         raise TrainingError(f"{run}: no config.json beside model.keras")
-    ds = data.scan(data_dir, seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
+    ds = data.scan(data_dir, seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False), good_only=cfg.get("good_only", False))
     if ds.classes != cfg["classes"]:
         raise TrainingError(f"the model was trained on classes {cfg['classes']}, but {data_dir} has classes {ds.classes}")
     size, tiling, good = net.input.shape[1], recipe.run_tiling(cfg), ds.class_index[GOOD]
@@ -169,17 +206,18 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
     val_scores = defect_scores(val_probs, good)
     scores = defect_scores(probs, good)
     is_defect = y != good
-    threshold = choose_threshold(val_scores, y_val != good, target_recall)
+    both = bool(0 < is_defect.sum() < len(is_defect))
+    thr = pick_threshold(cfg, val_scores, y_val != good, target_recall)
+    threshold = thr["value"]
     out = run / "eval"
     out.mkdir(exist_ok=True)
     labels = list(range(len(ds.classes)))
     pred = probs.argmax(1)
     cm = skm.confusion_matrix(y, pred, labels=labels)
     p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    fpr, tpr, _ = skm.roc_curve(is_defect, scores)
-    prec, rec, _ = skm.precision_recall_curve(is_defect, scores)
     m = {
         "run": str(run), "dataset": str(data_dir), "split": split, "n": int(len(y)), "classes": ds.classes,
+        "good_only": bool(cfg.get("good_only")),
         "accuracy": float(skm.accuracy_score(y, pred)),
         "macro_f1": float(np.mean(f)),
         # argmax decides "defect" when p(good) is not the largest class score
@@ -187,29 +225,34 @@ def evaluate(run: Path, data_dir: Path, split: str = "test", target_recall: floa
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, c in enumerate(ds.classes)},
         "confusion_matrix": cm.tolist(),
-        "roc_auc": float(skm.roc_auc_score(is_defect, scores)),
-        "pr_auc": float(skm.average_precision_score(is_defect, scores)),
-        "threshold": {"value": threshold, "target_recall": target_recall, "chosen_on": "val",
-                      "method": THRESHOLD_METHOD, "max_false_rejects": FALSE_REJECT_BUDGET,
-                      "val_defects": int((y_val != good).sum()),
-                      "recall_interval": recall_interval(val_scores, y_val != good, threshold),
-                      "val": binary_report(val_scores, y_val != good, threshold),
-                      "test": binary_report(scores, is_defect, threshold)},
+        "roc_auc": float(skm.roc_auc_score(is_defect, scores)) if both else None,
+        "pr_auc": float(skm.average_precision_score(is_defect, scores)) if both else None,
+        "threshold": thr | {"val_defects": int((y_val != good).sum()), "val_goods": int((y_val == good).sum()),
+                            "val": binary_report(val_scores, y_val != good, threshold),
+                            "test": binary_report(scores, is_defect, threshold)},
     }
+    if both:  # the figures a good-only model is compared by: recall where the test's own goods allow 1 and 3 %
+        m["recall_at_false_rejects"] = {f"{share:.2f}": recall_at_false_rejects(scores, is_defect, share)
+                                        for share in (0.01, 0.03)}
+    kinds = [it.kind for it in ds.split(split)]
+    if any(kinds):  # good-only on a labelled dataset: what it found of each kind of real defect
+        m["recall_by_kind"] = {k: float((scores[np.array(kinds) == k] >= threshold).mean())
+                               for k in sorted(set(kinds) - {None})}
     maps = np.stack([defect_map(c, good) for c in cams])
     with_mask = is_defect & masks.reshape(len(masks), -1).any(1)
     if with_mask.any():
         m["pointing_game"] = {"hit_rate": pointing_game(maps[with_mask], masks[with_mask]),
                               "images": int(with_mask.sum()), "map_size": list(maps.shape[1:]),
                               "hit": "the defect mask touches the map's peak cell"}
-    pngs = {
-        "confusion matrix": plots.confusion(cm, ds.classes, out / "confusion.png"),
-        "ROC curve": plots.curve(fpr, tpr, "false reject rate", "defect recall", f"ROC (AUC {m['roc_auc']:.3f})",
-                                 out / "roc.png", diagonal=True),
-        "PR curve": plots.curve(rec, prec, "defect recall", "precision", f"PR (AP {m['pr_auc']:.3f})",
-                                out / "pr.png"),
-        "score histogram": plots.score_histogram(scores, is_defect, threshold, out / "scores.png"),
-    }
+    pngs = {"confusion matrix": plots.confusion(cm, ds.classes, out / "confusion.png")}
+    if both:
+        fpr, tpr, _ = skm.roc_curve(is_defect, scores)
+        prec, rec, _ = skm.precision_recall_curve(is_defect, scores)
+        pngs["ROC curve"] = plots.curve(fpr, tpr, "false reject rate", "defect recall", f"ROC (AUC {m['roc_auc']:.3f})",
+                                        out / "roc.png", diagonal=True)
+        pngs["PR curve"] = plots.curve(rec, prec, "defect recall", "precision", f"PR (AP {m['pr_auc']:.3f})",
+                                       out / "pr.png")
+    pngs["score histogram"] = plots.score_histogram(scores, is_defect, threshold, out / "scores.png")
     if (run / "training-curves.png").exists():
         pngs["training curves"] = run / "training-curves.png"
     # worst mistakes: defects with the lowest scores and good parts with the highest, with their maps

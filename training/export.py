@@ -23,17 +23,11 @@ from edge.pipeline import frame_scores
 from edge.tiles import worst
 from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.settings import validated
-from training import data, edgetpu, recipe
+from training import data, edgetpu, goodonly, recipe
 from training import model as models
-from training.config import ExportConfig
+from training.config import DEFECT_LABEL, ExportConfig
 from training.errors import TrainingError
-from training.evaluate import (
-    THRESHOLD_METHOD,
-    binary_report,
-    choose_threshold,
-    decision_report,
-    recall_interval,
-)
+from training.evaluate import binary_report, decision_report, pick_threshold
 from training.quiet import captured_output
 
 __all__ = ["convert", "export", "representative_indices"]
@@ -154,9 +148,13 @@ def export(run: Path, out: Path, **settings) -> dict:
                             f"it does not combine with {'--per-tensor' if mode == 'int8' else '--' + mode}")
     net = models.load(run)
     cfg = json.loads((run / "config.json").read_text())
+    good_only = bool(cfg.get("good_only"))
+    if qat_epochs and good_only:
+        raise TrainingError("--qat fine-tunes on labelled defects; a good-only run has none (export it without --qat)")
     if out.exists() and any(out.iterdir()) and not cfg_x.force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
-    ds = data.scan(cfg_x.data or cfg["dataset"]["root"], seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False))
+    ds = data.scan(cfg_x.data or cfg["dataset"]["root"], seed=cfg["seed"], skip_bad=cfg.get("skip_bad", False),
+                   good_only=good_only)
     if ds.classes != cfg["classes"]:
         raise TrainingError(f"the model was trained on classes {cfg['classes']}, but the data has {ds.classes}")
     size, good, tiling = net.input.shape[1], ds.class_index[GOOD], recipe.run_tiling(cfg)
@@ -164,8 +162,13 @@ def export(run: Path, out: Path, **settings) -> dict:
     train_views = data.load_views(ds, "train", size, tiling)
     x_train, y_train = train_views.x, train_views.y  # on tiles, -1 (a sliver of a defect) is a group of its own
     rep = x_train[representative_indices(y_train, cfg_x.representative, cfg["seed"])]
+    if good_only:  # calibrated on painted defects too: their activations are the ones the threshold is near
+        rep = goodonly.with_painted(train_views.take(representative_indices(y_train, cfg_x.representative // 2,
+                                                                            cfg["seed"])),
+                                    cfg["painters"], cfg["seed"], ds.class_index[DEFECT_LABEL]).x
     evaluation = json.loads((run / "eval" / "metrics.json").read_text()) if (run / "eval" / "metrics.json").exists() else None
-    if qat_epochs or evaluation:  # fine-tuning validates on it; the threshold is chosen again on it
+    choose = evaluation or good_only  # a good-only run needs no evaluation: its good val photos set the threshold
+    if qat_epochs or choose:  # fine-tuning validates on it; the threshold is chosen again on it
         val_views = data.load_views(ds, "val", size, tiling)
     if qat_epochs:
         from training import qat
@@ -179,10 +182,7 @@ def export(run: Path, out: Path, **settings) -> dict:
     model = convert(cam_model, mode, rep, io_dtype, per_channel)
     # refused before any work
     runs_whole, edgetpu_notes = _edgetpu_check(model, cfg_x.allow_cpu_ops) if cfg_x.edgetpu else (False, [])
-    threshold = ({"value": evaluation["threshold"]["value"], "chosen_on": "val", "target_recall":
-                  evaluation["threshold"]["target_recall"], "method": THRESHOLD_METHOD,
-                  "recall_interval": evaluation["threshold"].get("recall_interval")}
-                 if evaluation else {"value": 0.5, "method": "default: run `qc evaluate` to choose one"})
+    threshold = {"value": 0.5, "method": "default: run `qc evaluate` to choose one"}
     interpreter_cls, _ = import_interpreter()
     it = interpreter_cls(model_content=model)
     outs = it.get_output_details()
@@ -204,21 +204,30 @@ def export(run: Path, out: Path, **settings) -> dict:
         | ({"weights": "per-channel" if per_channel else "per-tensor"} if mode == "int8" else {}),
         "metrics": {},
         "training": {k: cfg[k] for k in ("arch", "alpha", "input_size", "weights", "seed", "epochs_run")}
-        | {"data_manifest_sha256": cfg["dataset"]["manifest_sha256"], "run": str(run)},
+        | {"data_manifest_sha256": cfg["dataset"]["manifest_sha256"], "run": str(run)}
+        | ({"good_only": True, "painters": cfg["painters"],
+            "note": "trained on good parts only, with defects painted on them: no real defect was seen"}
+           if good_only else {}),
     }
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     bundle = write_bundle(staging, model, meta)
-    if evaluation:
+    if choose:
         # the threshold is chosen again on val with the exported model's own scores, which quantization moves
         lite_val = defect_scores(_photo_probs(_tflite_scores(bundle, val_views.x), val_views, good), good)
         photo_defect = val_views.labels != good
-        value = choose_threshold(lite_val, photo_defect, threshold["target_recall"])
-        threshold = threshold | {"value": value, "float_value": threshold["value"], "chosen_with": f"the {mode} model",
-                                 "recall_interval": recall_interval(lite_val, photo_defect, value)}
+        target = evaluation["threshold"].get("target_recall") if evaluation else None
+        float_value = (evaluation["threshold"]["value"] if evaluation else pick_threshold(
+            cfg, defect_scores(_photo_probs(net.predict(val_views.x.astype(np.float32), verbose=0), val_views, good),
+                               good), photo_defect, target)["value"])
+        threshold = pick_threshold(cfg, lite_val, photo_defect, target) | {
+            "float_value": float_value, "chosen_with": f"the {mode} model"}
         meta["threshold"] = threshold
     # float vs exported on the test split, each at the threshold chosen for it
     test = data.load_views(ds, "test", size, tiling)
+    painted_test = good_only and not (test.labels != good).any()
+    if painted_test:  # a good-only dataset: the check and the references need defects, painted on test photos
+        test = goodonly.with_painted(test, cfg["painters"], cfg["seed"], ds.class_index[DEFECT_LABEL])
     y_test = test.labels
     is_defect = y_test != good
     float_probs = _photo_probs(net.predict(test.x.astype(np.float32), verbose=0), test, good)
@@ -235,6 +244,8 @@ def export(run: Path, out: Path, **settings) -> dict:
     drop = {k: m_float[k] - m_lite[k] for k in ("f1", "recall")}
     meta["metrics"] = {"split": "test", "n": int(len(y_test)), "float": m_float, mode: m_lite, "drop": drop,
                        "max_score_diff": float(np.abs(float_scores - lite_scores).max())}
+    if painted_test:
+        meta["metrics"]["defects"] = "painted on the test split's good photos (the dataset has no defect photos)"
     notes = list(edgetpu_notes)
     if runs_whole:
         if edgetpu.compiler():

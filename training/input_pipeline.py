@@ -46,17 +46,32 @@ def cam_targets(masks: tf.Tensor, labels: tf.Tensor, has_mask: tf.Tensor, grid: 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, training: bool, seed: int = 0,
                  augment: AugmentConfig | None = None, masks: np.ndarray | None = None,
                  has_mask: np.ndarray | None = None, grid: int | None = None,
-                 class_weights: dict[int, float] | None = None, *, good_index: int) -> tf.data.Dataset:
+                 class_weights: dict[int, float] | None = None, *, good_index: int,
+                 painter=None, defect_index: int | None = None) -> tf.data.Dataset:
     """Images (uint8) and labels -> float32 batches; shuffled and augmented only when training.
 
     With `grid`, the targets are {"probs": label, "cam": per-cell labels from the masks} for
-    mask-supervised activation maps; with `class_weights`, per-sample weights for the class output."""
+    mask-supervised activation maps; with `class_weights`, per-sample weights for the class output; with a
+    `painter` (training.goodonly.Painter), the images it paints a defect on become `defect_index` with its mask,
+    new ones each epoch."""
     n = len(x)
     masks = np.zeros(x.shape[:3], np.uint8) if masks is None else masks.astype(np.uint8)
     has_mask = np.zeros(n, bool) if has_mask is None else has_mask
     ds = tf.data.Dataset.from_tensor_slices((x, y, masks, has_mask)).cache()
     if training:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if painter is not None:
+        def paint(xi, yi, mi, hi):
+            out, mask, painted = painter(xi)
+            return out, np.int64(defect_index if painted else yi), mask.astype(np.uint8), np.bool_(painted or hi)
+
+        def painted(*element):  # in order, one at a time: the painter's random sequence is the same every run
+            out = tf.numpy_function(paint, list(element), [tf.uint8, tf.int64, tf.uint8, tf.bool], stateful=True)
+            for t, ref in zip(out, element):
+                t.set_shape(ref.shape)
+            return tuple(out)
+
+        ds = ds.map(painted)
     ds = ds.batch(batch)
     geo, photo = augmenters(augment, seed) if training and augment is not None else (None, None)
     weights = tf.constant([class_weights.get(i, 1.0) for i in range(max(class_weights) + 1)]) if class_weights else None

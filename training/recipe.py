@@ -89,7 +89,7 @@ def choose(ds: data.Dataset, cfg: TrainConfig) -> Plan:
         tile = cfg.tiles == "on"
         why = f"{said}; --tiles {cfg.tiles}: " + (f"{size} px tiles at the photos' resolution" if tile
                                                    else f"whole photos resized to {size} px")
-    if tile and not len(sizes):
+    if tile and not len(sizes) and not cfg.good_only:  # good-only: every tile of a good photo is good
         raise TrainingError("tiles need defect masks (masks/<class>/<image>.png) to say which tiles hold the defect")
     tiling = Tiling(size=size, overlap=round(size * TILE_OVERLAP)) if tile else None
     if tiling:
@@ -101,6 +101,10 @@ def choose(ds: data.Dataset, cfg: TrainConfig) -> Plan:
         reasons.append(f"shifts up to {shift:.0%} of the {'tile' if tile else 'photo'} (--translation)")
     cfg = cfg.model_copy(update={"input_size": size,
                                  "augment": cfg.augment.model_copy(update={"translation": shift})})
+    if cfg.good_only:
+        reasons.append(f"good-only: a defect ({', '.join(cfg.painters)}) painted on half the training "
+                       f"{'tiles' if tile else 'photos'}, a new one each epoch; the threshold rejects "
+                       f"{cfg.max_false_rejects:.1%} of the good validation photos (--max-false-rejects)")
     reasons.append(f"backbone {cfg.arch} {cfg.alpha} (--arch): the best of those measured on the synthetic set and "
                    "the magnetic tiles, and the Edge TPU runs it whole")
     return Plan(cfg, tiling, reasons)

@@ -119,6 +119,18 @@ def _defect_mask(rng: np.random.Generator, n: int, kind: str) -> tuple[np.ndarra
     return np.where(mask > 0, 255, 0).astype(np.uint8), soft
 
 
+CONTRAST = {"stain": (16, 36), "spot": (30, 75), "scratch": (35, 75), "crack": (40, 85)}  # gray levels
+
+
+def defect(rng: np.random.Generator, n: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """One defect of `kind` for an n x n image: its mask (uint8 0/255) and the gray levels it adds (float32;
+    spots and cracks are dark, scratches and stains either way). Also painted on good photos by good-only
+    training (training/goodonly.py)."""
+    mask, soft = _defect_mask(rng, n, kind)
+    sign = -1.0 if kind in ("spot", "crack") or rng.random() < 0.5 else 1.0
+    return mask, (sign * rng.uniform(*CONTRAST[kind]) * soft).astype(np.float32)
+
+
 def make_sample(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
     """One grayscale image (uint8, size x size) and its defect mask (None for `good`)."""
     family = SURFACES[int(rng.integers(len(SURFACES)))]
@@ -132,10 +144,8 @@ def make_sample(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndar
     img -= rng.uniform(0, 40) * (xx**2 + yy**2)
     mask = None
     if kind != GOOD:
-        mask, soft = _defect_mask(rng, size, kind)
-        low, high = {"stain": (16, 36), "spot": (30, 75), "scratch": (35, 75), "crack": (40, 85)}[kind]
-        sign = -1.0 if kind in ("spot", "crack") or rng.random() < 0.5 else 1.0
-        img += sign * rng.uniform(low, high) * soft
+        mask, delta = defect(rng, size, kind)
+        img += delta
     img += rng.normal(0, rng.uniform(1.5, 5), img.shape).astype(np.float32)
     if rng.random() < 0.4:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.9))

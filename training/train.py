@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from edge.decision import GOOD
 from edge.tiles import worst
-from training import data, plots, recipe
+from training import data, goodonly, plots, recipe
 from training import model as models
-from training.config import TrainConfig
+from training.config import DEFECT_LABEL, TrainConfig
 from training.errors import TrainingError
 from training.input_pipeline import make_dataset
 
@@ -128,18 +128,42 @@ def _fit(net, trainer, cfg, phase, lr, epochs, train_ds, val_ds, history, good):
     history.setdefault("phase", []).extend([phase] * len(h.history["loss"]))
 
 
+def _init_from(cfg: TrainConfig, classes: list[str]) -> tuple[keras.Model, TrainConfig, str]:
+    """The model a run continues from, the settings it brings (its backbone), and what was done: the same
+    classes continue as they are; a good-only run's backbone takes a new head for the labelled data's classes
+    (its two classes say nothing of them)."""
+    net = models.load(cfg.init_from)
+    old = json.loads((Path(cfg.init_from) / "config.json").read_text())
+    if net.input.shape[1] != cfg.input_size:
+        raise TrainingError(f"--init-from model takes {net.input.shape[1]} px, not --input-size {cfg.input_size}")
+    cfg = cfg.model_copy(update={k: old[k] for k in ("arch", "alpha", "pooling") if k in old})
+    if old["classes"] == classes:
+        return net, cfg, f"--init-from {cfg.init_from}: its whole model, classes {classes}"
+    if not old.get("good_only"):
+        raise TrainingError(f"--init-from {cfg.init_from} was trained on classes {old['classes']}, "
+                            f"but {cfg.data} has classes {classes}")
+    fresh = models.build(cfg.arch, len(classes), cfg.input_size, cfg.alpha, "none", cfg.dropout, cfg.pooling)
+    for name in ("preprocess", "backbone"):
+        if name in {layer.name for layer in fresh.layers}:
+            fresh.get_layer(name).set_weights(net.get_layer(name).get_weights())
+    return fresh, cfg, (f"--init-from {cfg.init_from} (good-only, classes {old['classes']}): its backbone kept "
+                        f"({cfg.arch} {cfg.alpha}), a new head for classes {classes}")
+
+
 def train(cfg: TrainConfig) -> dict:
     if cfg.out.exists() and any(cfg.out.iterdir()):
         raise TrainingError(f"{cfg.out} exists and is not empty; choose a new run folder")
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
-    ds = data.scan(cfg.data, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    ds = data.scan(cfg.data, seed=cfg.seed, skip_bad=cfg.skip_bad, good_only=cfg.good_only)
     print(ds.summary(), flush=True)
     plan = recipe.choose(ds, cfg)
     train_views = data.load_views(ds, "train", plan.cfg.input_size, plan.tiling, with_masks=True)
     val_views = data.load_views(ds, "val", plan.cfg.input_size, plan.tiling, with_masks=True)
-    t_train, t_val = train_views.labelled(), val_views.labelled()
     good = ds.class_index[GOOD]
+    if cfg.good_only:  # validation loss and recall on a fixed painted copy of each good validation view
+        val_views = goodonly.with_painted(val_views, cfg.painters, cfg.seed, ds.class_index[DEFECT_LABEL])
+    t_train, t_val = train_views.labelled(), val_views.labelled()
     if plan.tiling:
         t_train, said = recipe.oversample(t_train, good)
         plan.reasons += [said] if said else []
@@ -147,23 +171,21 @@ def train(cfg: TrainConfig) -> dict:
     for line in [*plan.reasons, steps]:
         print(f"recipe: {line}", flush=True)
     if cfg.init_from:
-        net = models.load(cfg.init_from)
-        old = json.loads((Path(cfg.init_from) / "config.json").read_text())["classes"]
-        if old != ds.classes:
-            raise TrainingError(f"--init-from {cfg.init_from} was trained on classes {old}, "
-                                f"but {cfg.data} has classes {ds.classes}")
-        if net.input.shape[1] != cfg.input_size:
-            raise TrainingError(f"--init-from model takes {net.input.shape[1]} px, not --input-size {cfg.input_size}")
+        net, cfg, said = _init_from(cfg, ds.classes)
+        print(f"recipe: {said}", flush=True)
     else:
         net = models.build(cfg.arch, len(ds.classes), cfg.input_size, cfg.alpha, cfg.weights, cfg.dropout,
                            cfg.pooling)
     pretrained = models.pretrained_weights(cfg.weights) and not cfg.init_from
-    supervise = cfg.mask_supervision > 0 and t_train.has_mask[t_train.y != good].any()
+    supervise = cfg.mask_supervision > 0 and (cfg.good_only or t_train.has_mask[t_train.y != good].any())
     trainer = models.with_cam(net, for_training=True, pretrained=pretrained) if supervise else net
     grid = trainer.output["cam"].shape[1] if supervise else None
-    class_weight = balanced_class_weights(t_train.y, len(ds.classes)) if cfg.class_weights else None
+    # good-only: the painter makes half the training views defects, which balances the classes itself
+    class_weight = balanced_class_weights(t_train.y, len(ds.classes)) if cfg.class_weights and not cfg.good_only else None
+    painter = goodonly.Painter(cfg.painters, cfg.seed) if cfg.good_only else None
     train_ds = make_dataset(t_train.x, t_train.y, cfg.batch_size, True, cfg.seed, cfg.augment, t_train.masks,
-                            t_train.has_mask, grid, class_weights=class_weight, good_index=good)
+                            t_train.has_mask, grid, class_weights=class_weight, good_index=good, painter=painter,
+                            defect_index=ds.class_index.get(DEFECT_LABEL))
     if cfg.steps_per_epoch:
         train_ds = train_ds.repeat()
     # val loss carries the same class weights: early stopping, the plateau cut and the restored weights then
@@ -188,7 +210,8 @@ def train(cfg: TrainConfig) -> dict:
     kept.update_state(val_views.labels, worst(probs, val_views.owner, len(val_views.labels), good)[0])
     recall = float(kept.result())
     if recall < 0.5:
-        print(f"warning: the model finds {recall:.0%} of the validation defects; it has not learnt them yet "
+        print(f"warning: the model finds {recall:.0%} of the validation {'painted ' * cfg.good_only}defects; "
+              "it has not learnt them yet "
               f"(more --steps, or more defect images)", flush=True)
     net.save(cfg.out / "model.keras")
     (cfg.out / "history.json").write_text(json.dumps(history, indent=1))

@@ -56,9 +56,14 @@ def evaluate(a):
         raise TrainingError(f"--target-recall must be in (0, 1], got {a.target_recall}")
     m = run_eval(a.run, a.data, a.split, a.target_recall)
     t = m["threshold"]
+    auc = "n/a (no defects in the split)" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+    chosen = (f"{100 * t['val']['false_reject_rate']:.2f}% of {t['val_goods']} good val parts rejected" if m["good_only"]
+              else f"val recall {t['val']['recall']:.4f}")
+    at = m.get("recall_at_false_rejects", {})
     return (f"{a.split}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, binary F1 "
-            f"{m['binary_argmax']['f1']:.4f}, ROC AUC {m['roc_auc']:.4f}\n"
-            f"threshold {t['value']:.4f} (val recall {t['val']['recall']:.4f}): test recall {t['test']['recall']:.4f}, "
+            f"{m['binary_argmax']['f1']:.4f}, ROC AUC {auc}\n"
+            + (f"recall at 1% false rejects {at['0.01']:.4f}, at 3% {at['0.03']:.4f}\n" if at else "")
+            + f"threshold {t['value']:.4f} ({chosen}): {a.split} recall {t['test']['recall']:.4f}, "
             f"false rejects {100 * t['test']['false_reject_rate']:.2f}%\n"
             f"pointing game: {m.get('pointing_game', {}).get('hit_rate', 'n/a')}\n"
             f"report: {a.run / 'eval' / 'report.html'}")
