@@ -137,6 +137,24 @@ def _any_dataset(r):
             + ("" if "magnetic_tile" in r else " (the magnetic tiles not measured in this run)"))
 
 
+def _good_only(r):
+    def figures(d):
+        m, w = r[d]["mean"], r[d]["worst"]
+        return (f"{d} ({' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in r[d]['settings'].items()) or 'no flags'}"
+                f"), mean of seeds {r['seeds']}: ROC AUC {m['roc_auc']} (worst {w['roc_auc']}), recall at 1 % false "
+                f"rejects {m['recall_at_1pct']}, at 3 % {m['recall_at_3pct']} (worst {w['recall_at_3pct']}), int8 ROC "
+                f"AUC {m['int8_roc_auc']}; at the threshold from good photos: recall "
+                f"{m['test_defect_recall_at_threshold']}, false rejects {_pct(m['test_false_reject_rate_at_threshold'])}"
+                f"; {m['train_wall_s']:.0f} s a run")
+    data = [d for d in ("magnetic_tile", "synthetic") if d in r]
+    b = r["baseline"]
+    return ("; ".join(figures(d) for d in data),
+            f"a score that knows nothing: ROC AUC {b['roc_auc']}, recall at 1 % / 3 % false rejects "
+            f"{b['recall_at_1pct']} / {b['recall_at_3pct']}",
+            f"on every seed: ROC AUC >= {r['goals']['roc_auc']}, recall >= {r['goals']['recall_at_3pct']} at 3 % false "
+            f"rejects, int8 within {r['goals']['int8_auc_drop_max']} AUC of float")
+
+
 def _camera(r):
     bare, ours = r["bare_aravis_loop"], r["qc_aravis_source"]
     return (f"{r['camera']}, {r['format']}, {r['requested_fps']} frames/s asked: the Aravis source delivered "
@@ -177,7 +195,7 @@ def _wheels(r):
 
 FORMAT = {"synth": _synth, "reject_timing": _reject_timing, "telemetry": _telemetry, "export": _export,
           "train_quality": _train_quality, "default_backbone": _default_backbone, "edge_pipeline": _edge_pipeline,
-          "any_dataset": _any_dataset, "camera_aravis": _camera,
+          "any_dataset": _any_dataset, "good_only": _good_only, "camera_aravis": _camera,
           "wheels": _wheels, "faults": _faults, "station": _station}
 
 

@@ -74,13 +74,18 @@ def test_config_file_typo_names_the_key(tmp_path, capsys, synth32):
     assert "learning_rat" in err and "Extra inputs are not permitted" in err
 
 
-def test_translation_option_overrides_only_the_shift_of_the_config_file(tmp_path, synth32):
+def test_translation_option_overrides_only_the_shift_of_the_config_file(tmp_path, synth32, monkeypatch):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"data: {synth32}\nout: {tmp_path / 'r'}\naugment: {{flip: false}}\n")
-    tiny = ["--input-size", "32", "--alpha", "0.35", "--epochs", "1", "--steps-per-epoch", "1"]
-    assert main(["train", "--config", str(cfg), "--translation", "0.05", *tiny]) == 0
-    augment = json.loads((tmp_path / "r" / "config.json").read_text())["augment"]
-    assert augment["translation"] == 0.05 and augment["flip"] is False and augment["zoom"] == 0.1
+    given = []  # what `qc train` hands the trainer, once merged and checked
+    monkeypatch.setattr(training.train, "train", lambda c: given.append(c) or {"out": c.out, "epochs_run": 0,
+                                                                                "train_seconds": 0})
+    assert main(["train", "--config", str(cfg), "--translation", "0.05", "--painters", "spot", "cutpaste"]) == 0
+    augment = given[0].augment
+    assert augment.translation == 0.05 and augment.flip is False and augment.zoom == 0.1
+    assert given[0].painters == ["spot", "cutpaste"] and given[0].data == synth32
+    with pytest.raises(SystemExit, match="2"):  # not a painter: refused with the usage line
+        main(["train", "--config", str(cfg), "--painters", "dent"])
 
 
 def test_local_weights_file_is_loaded(tmp_path):
@@ -144,13 +149,13 @@ def test_alpha_default_follows_the_architecture():
     assert TrainConfig(data=".", out=".", arch="mobilenet_v2", alpha=0.5).alpha == 0.5
 
 
-def test_cosine_schedule_and_label_smoothing_train(synth32, tmp_path, monkeypatch):
+def test_cosine_schedule_and_label_smoothing_train(tiny_run, synth32, tmp_path, monkeypatch):
     cfg = TrainConfig(data=synth32, out=tmp_path / "cos", **(TINY | {"lr_schedule": "cosine", "label_smoothing": 0.1}))
     rate = _rate(cfg, 0.01, epochs=4, steps_per_epoch=10)
     assert float(rate(0)) == pytest.approx(0.01) and float(rate(20)) == pytest.approx(0.005)
     assert float(rate(40)) == pytest.approx(0.0, abs=1e-9)
     assert _rate(TrainConfig(data=".", out=".", lr_schedule="plateau"), 0.01, 4, 10) == 0.01  # the callback cuts it
-    rec = train(cfg)
+    rec = json.loads((tiny_run / "config.json").read_text())  # trained with the defaults: cosine, smoothed
     assert rec["lr_schedule"] == "cosine" and rec["label_smoothing"] == 0.1
     # without masks the classifier itself is compiled with the smoothed loss, and saved so
     plain = TrainConfig(data=synth32, out=tmp_path / "plain",
