@@ -11,7 +11,7 @@ from edge.bundle import load_bundle
 from edge.classifiers import make_classifier
 from edge.decision import defect_scores
 from qc.cli import main
-from training import data, goodonly
+from training import data, edgetpu, goodonly
 from training.config import PAINTERS
 from training.data import DatasetError, scan
 from training.evaluate import GOOD_ONLY_METHOD, evaluate, good_quantile
@@ -69,6 +69,7 @@ def test_a_good_class_alone_is_a_dataset_only_for_good_only_training(goods, synt
     assert {it.kind for it in labelled.split("test") if it.label == "defect"} == {"scratch", "spot", "crack", "stain"}
     assert labelled.left_out == sum(1 for it in scan(synth32).items if it.label != "good" and it.split != "test")
     assert "defect photo(s) of the train and val splits left out" in labelled.summary()
+    assert main(["data", str(goods)]) == 2 and main(["data", str(goods), "--good-only"]) == 0
 
 
 def test_a_good_only_bundle_takes_its_threshold_from_good_scores(good_run, goods, tmp_path):
@@ -87,6 +88,7 @@ def test_a_good_only_bundle_takes_its_threshold_from_good_scores(good_run, goods
     # the test split has no defects: the float-vs-int8 check and the references use painted ones
     assert "painted" in card.metrics["defects"]
     assert {r.label for r in card.references} == {"good", "defect"}
+    assert edgetpu.check((tmp_path / "b" / "model.tflite").read_bytes()) == []  # the Edge TPU runs it whole
 
 
 def test_evaluating_a_good_only_model_on_real_defects_reports_what_it_found(good_run, synth32, capsys):

@@ -33,10 +33,12 @@ def _data_args(p):
     p.add_argument("data", type=Path, help="dataset folder: DIR/<class>/, DIR/{train,val,test}/<class>/ or MVTec AD")
     p.add_argument("--seed", type=int, default=0, help="seed of the automatic stratified split (default 0)")
     p.add_argument("--skip-bad", action="store_true", help="list unreadable or non-image files and skip them")
+    p.add_argument("--good-only", action="store_true", help="as `qc train --good-only` sees it: good photos alone "
+                   "are enough, and only the test split's defects are kept")
 
 
 @command("data", "check a dataset folder and print its summary (images per split and class, sizes)", _data_args)
 def data(a):
     from training.data import scan
 
-    return scan(a.data, seed=a.seed, skip_bad=a.skip_bad).summary()
+    return scan(a.data, seed=a.seed, skip_bad=a.skip_bad, good_only=a.good_only).summary()
