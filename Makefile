@@ -9,7 +9,7 @@ PYTHON ?= python3
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,edge,dev]'
+	$(PY) -m pip install --quiet -e '.[train,edge,plant,dev]'
 	if pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; then \
 		$(PY) -m pip install --quiet -e '.[camera]'; \
 	else echo "note: no libgirepository1.0-dev/libcairo2-dev: Aravis and GStreamer cameras left out (see .ci/run)"; fi

@@ -36,6 +36,7 @@ from edge.sources import Frame
 from edge.stats import Stats
 from edge.store import RejectStore
 from edge.telemetry import Telemetry
+from firmware_io import VERSION
 from firmware_io.errors import FirmwareIOError
 from firmware_io.gpio import Encoder, GPIOBackend, ManualClock, RealClock, RejectGate, StackLight
 
@@ -145,8 +146,10 @@ class Runtime:
         self.metrics = Metrics(self._outside_counts)
         self.recent_alarms: deque[dict] = deque(maxlen=50)  # for the station's page
         self.latest: tuple[Frame, dict] | None = None  # the last part decided, in capture order (the station)
+        self.started = time.time()
         self.model = self.load_model(cfg.bundle)
         self.telemetry = telemetry
+        telemetry.info(self.inventory())
         self.stats = Stats()
         self.boot = uuid.uuid4().hex[:8]
         self.gpio, self.clock, self.gate, self.light, self.encoder = (line.gpio, line.clock, line.gate, line.light,
@@ -189,6 +192,15 @@ class Runtime:
     def model(self, model: Model) -> None:
         self._model = model  # one reference: a worker takes model and threshold together with its next part
         self.metrics.running(model.bundle.name, model.bundle.sha256, model.threshold)
+        if hasattr(self, "telemetry"):  # the fleet hears of every model and threshold a box runs
+            self.telemetry.info(self.inventory())
+
+    def inventory(self) -> dict:
+        """What this box is and runs: published retained as `<prefix>/info` for the plant's fleet view."""
+        m = self.model
+        return {"station": self.cfg.station, "line": self.cfg.line, "version": VERSION,
+                "bundle": {"name": m.bundle.name, "sha256": m.bundle.sha256}, "threshold": m.threshold,
+                "backend": m.classifiers[0].name, "camera": self.cfg.source.kind, "started": self.started}
 
     def _outside_counts(self) -> dict:
         """What /metrics reads from the gate, the spool and the camera when scraped."""

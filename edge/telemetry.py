@@ -17,6 +17,7 @@ class Telemetry(Protocol):
     def inspection(self, event: dict) -> bool | None: ...  # False: refused (a full spool), else taken
     def stats(self, snapshot: dict) -> None: ...
     def alarm(self, kind: str, message: str, **extra) -> None: ...
+    def info(self, inventory: dict) -> None: ...  # what the box is and runs: kept, told again on every connect
     def close(self) -> None: ...
 
 
@@ -39,6 +40,9 @@ class MemoryTelemetry:
     def alarm(self, kind: str, message: str, **extra) -> None:
         with self._lock:
             self.alarms.append({"kind": kind, "message": message, **extra})
+
+    def info(self, inventory: dict) -> None:
+        self.inventory = inventory
 
     def close(self) -> None:
         pass

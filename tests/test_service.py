@@ -102,9 +102,11 @@ def test_unit_is_locked_down_and_watched():
     assert score < 4.0, out.stdout[-400:]  # the unit before: 9.2 UNSAFE
 
 
-def test_unit_verifies_against_a_staged_root(tmp_path):
-    """The unit, the command it runs and the system's own units in a root of their own: a mistyped key or a
-    missing command is a warning line naming the unit."""
+@pytest.mark.parametrize("unit, instance", [(UNIT, UNIT.name),
+                                            (UNIT.parent / "fleet" / "qc-collector@.service", "qc-collector@c1.service")])
+def test_unit_verifies_against_a_staged_root(tmp_path, unit, instance):
+    """A unit (the box's, a collector's), the command it runs and the system's own units in a root of their own:
+    a mistyped key or a missing command is a warning line naming the unit."""
     analyze = _analyze()
     system_units = Path("/usr/lib/systemd/system")
     if not (system_units / "sysinit.target").exists():
@@ -116,8 +118,8 @@ def test_unit_verifies_against_a_staged_root(tmp_path):
     qc.write_text("#!/bin/sh\n")
     qc.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    out = subprocess.run([analyze, "verify", f"--root={root}", f"/etc/systemd/system/{UNIT.name}"],
+    shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    out = subprocess.run([analyze, "verify", f"--root={root}", f"/etc/systemd/system/{instance}"],
                          capture_output=True, text=True, timeout=60)
-    problems = [line for line in out.stderr.splitlines() if UNIT.name in line or "qc" in line]
+    problems = [line for line in out.stderr.splitlines() if unit.name.split("@")[0] in line or "qc" in line]
     assert out.returncode == 0 and not problems, out.stderr

@@ -76,10 +76,12 @@ def diagnose(cfg: MQTTConfig, timeout: float = 5.0) -> str:
     return f"{where} completed TLS but ended the MQTT session"
 
 
-def new_client(cfg: MQTTConfig, client_id: str, clean_session: bool) -> mqtt.Client:
-    """A paho 2.x client with the config's credentials, TLS and reconnect backoff (not yet connected)."""
+def new_client(cfg: MQTTConfig, client_id: str, clean_session: bool | None, protocol=mqtt.MQTTv311,
+               manual_ack: bool = False) -> mqtt.Client:
+    """A paho 2.x client with the config's credentials, TLS and reconnect backoff (not yet connected). MQTT 5
+    takes `clean_session=None` (its clean start is a connect option)."""
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=clean_session)
+                         clean_session=clean_session, protocol=protocol, manual_ack=manual_ack)
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password)
     if cfg.tls:
@@ -110,6 +112,7 @@ class MQTTTelemetry:
         self._closing = False
         self._near_full_alarmed = False
         self._full_alarmed = False
+        self._inventory: bytes | None = None
         self.client = self._make_client(cfg, f"qc-{line}-{station}")
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         self.client.loop_start()
@@ -145,6 +148,8 @@ class MQTTTelemetry:
             self._last_sent = 0  # replay the spool from its oldest event
             self._generation += 1
         client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
+        if self._inventory is not None:
+            client.publish(f"{self.prefix}/info", self._inventory, qos=1, retain=True)
         if self.cfg.commands:
             client.subscribe(f"{self.prefix}/cmd/+", qos=1)
         self.connected.set()
@@ -311,6 +316,13 @@ class MQTTTelemetry:
 
     def alarm(self, kind: str, message: str, **extra) -> None:
         self._put("alarm", {"kind": kind, "message": message, "ts": time.time(), **extra}, 1, False, "alarm")
+
+    def info(self, inventory: dict) -> None:
+        """The box's identity and what it runs, retained at `<prefix>/info`: published now when connected, and
+        again on every connect (not spooled: only the newest matters)."""
+        self._inventory = json.dumps(inventory).encode()
+        if self.connected.is_set():
+            self.client.publish(f"{self.prefix}/info", self._inventory, qos=1, retain=True)
 
     def on_command(self, handler: Callable[[str, dict], dict]) -> None:
         self._handler = handler

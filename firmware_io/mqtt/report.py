@@ -1,11 +1,12 @@
-"""`qc report`: a self-contained HTML yield report from the collector's SQLite database: yield over time,
-defect Pareto by class, reject reasons, latency over time, per station."""
+"""`qc report`: a self-contained HTML yield report from the collector's database (SQLite or PostgreSQL) for a
+plant, a line or one box and a time range: yield over time, defect Pareto by class, reject reasons, latency
+over time, per station."""
 
 from __future__ import annotations
 
 import html
 import io
-import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from firmware_io.errors import FirmwareIOError  # noqa: E402
+from firmware_io.mqtt.store import open_store  # noqa: E402
 from firmware_io.pages import page, png_data_uri  # noqa: E402
 
 __all__ = ["report"]
@@ -28,20 +30,20 @@ def _png(fig) -> str:
     return png_data_uri(buf.getvalue())
 
 
-def _rows(db, sql, args=()):
-    return db.execute(sql, args).fetchall()
-
-
-def report(db_path: Path, out: Path, bucket_s: float | None = None) -> dict:
-    if not Path(db_path).is_file():
-        raise FirmwareIOError(f"{db_path}: no telemetry database (run `qc collect` first)")
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+def report(db: str | Path, out: Path, bucket_s: float | None = None, line: str | None = None,
+           station: str | None = None, since: float | None = None, until: float | None = None) -> dict:
+    """The report of the parts of one line, one box or all (`line`, `station`) between `since` and `until`
+    (Unix times) in a collector's database (a SQLite file or a postgresql:// URL)."""
+    store = open_store(db, read_only=True)
     try:
-        rows = _rows(db, "SELECT station, ts, label, decision, reason, latency_ms FROM inspections ORDER BY ts")
-    except sqlite3.OperationalError as exc:
-        raise FirmwareIOError(f"{db_path}: not a qc telemetry database ({exc})") from exc
+        rows = store.inspections(line, station, since, until)
+        alarms = store.alarm_counts(line, station, since, until)
+    finally:
+        store.close()
     if not rows:
-        raise FirmwareIOError(f"{db_path}: no inspections recorded yet")
+        scope = " ".join(f"{k} {v}" for k, v in (("line", line), ("station", station)) if v)
+        raise FirmwareIOError(f"{db}: no inspections recorded{' for ' + scope if scope else ''}"
+                              f"{' in that time' if since or until else ''} yet")
     stations = sorted({r[0] for r in rows})
     ts = np.array([r[1] for r in rows], float)
     t0 = ts.min()
@@ -59,22 +61,21 @@ def report(db_path: Path, out: Path, bucket_s: float | None = None) -> dict:
     ax.legend()
     ax.grid(alpha=0.3)
     figures["yield over time"] = _png(fig)
-    defects = _rows(db, "SELECT label, COUNT(*) FROM inspections WHERE decision='reject' AND reason='defect' "
-                        "GROUP BY label ORDER BY COUNT(*) DESC")
+    defects = Counter(r[2] for r in rows if r[3] == "reject" and r[4] == "defect").most_common()
     if defects:
         fig, ax = plt.subplots(figsize=(6, 3.4))
         counts = np.array([c for _, c in defects])
-        ax.bar([d for d, _ in defects], counts)
+        ax.bar([str(d) for d, _ in defects], counts)
         ax2 = ax.twinx()
         ax2.plot(range(len(counts)), 100 * np.cumsum(counts) / counts.sum(), color="red", marker="o")
         ax2.set_ylim(0, 105)
         ax.set(title="defect Pareto (rejects by class)", ylabel="parts")
         ax2.set_ylabel("cumulative %")
         figures["defect Pareto"] = _png(fig)
-    reasons = _rows(db, "SELECT reason, COUNT(*) FROM inspections WHERE decision='reject' GROUP BY reason")
+    reasons = sorted(Counter(r[4] for r in rows if r[3] == "reject").items(), key=lambda kv: str(kv[0]))
     if reasons:
         fig, ax = plt.subplots(figsize=(5, 3.4))
-        ax.bar([r for r, _ in reasons], [c for _, c in reasons], color="tab:orange")
+        ax.bar([str(r) for r, _ in reasons], [c for _, c in reasons], color="tab:orange")
         ax.set(title="reject reasons", ylabel="parts")
         figures["reject reasons"] = _png(fig)
     fig, ax = plt.subplots(figsize=(8, 3.4))
@@ -94,8 +95,6 @@ def report(db_path: Path, out: Path, bucket_s: float | None = None) -> dict:
                             "yield_pct": round(100 * sum(r[3] == "pass" for r in sub) / len(sub), 2),
                             "latency_p50_ms": round(float(np.nanpercentile(lat, 50)), 2),
                             "latency_p99_ms": round(float(np.nanpercentile(lat, 99)), 2)})
-    alarms = _rows(db, "SELECT kind, COUNT(*) FROM alarms GROUP BY kind")
-    db.close()
     table = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in s.values()) + "</tr>"
                     for s in per_station)
     head = "".join(f"<th>{k}</th>" for k in per_station[0])
