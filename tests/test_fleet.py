@@ -101,6 +101,10 @@ def test_two_collectors_in_a_group_store_every_event_once_though_one_is_killed(p
                    env=pg.env, check=True, capture_output=True)
     assert _psql(pg, database, "SELECT sum(parts) FROM qc_yield_per_minute") == "6000"
     assert _psql(pg, database, "SELECT count(*) FROM qc_fleet WHERE bundle IS NOT NULL") == "3"
+    table = subprocess.run([sys.executable, "-m", "qc", "fleet", "--db", database], cwd=ROOT, env=pg.env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[0].split()[:4] == ["line", "station", "version", "bundle"] and len(table) == 4
+    assert table[3].split()[:6] == ["l1", "s2", "0.1.0", "m2", "ab" * 6, "0.5000"] and "100.00 %" in table[3]
     report = subprocess.run([sys.executable, "-m", "qc", "report", "--db", database, "--station", "s1", "--out",
                              str(tmp_path / "r.html")], cwd=ROOT, env=pg.env, capture_output=True, text=True)
     assert report.returncode == 0, report.stderr

@@ -127,12 +127,16 @@ def fleet(a):
         return boxes
     if not boxes:
         return f"{a.db}: no box heard of yet"
-    head = ("line", "station", "version", "bundle", "sha256", "threshold", "backend", "camera", "last seen",
+    head = ("line", "station", "version", "bundle", "sha256", "threshold", "backend", "camera", "up", "last seen",
             "parts today", "yield today")
     now = time.time()
+
+    def ago(t):
+        return "-" if t is None else f"{max(0, now - t) / 3600:.1f} h" if now - t >= 3600 else f"{max(0, now - t):.0f} s"
+
     rows = [(b["line"], b["station"], b["version"] or "-", b["bundle"] or "-", (b["sha256"] or "-")[:12],
              "-" if b["threshold"] is None else f"{b['threshold']:.4f}", b["backend"] or "-", b["camera"] or "-",
-             "-" if b["last_seen"] is None else f"{max(0, now - b['last_seen']):.0f} s ago", str(b["parts"]),
+             ago(b["started"]), ago(b["last_seen"]) + " ago" * (b["last_seen"] is not None), str(b["parts"]),
              "-" if b["yield_pct"] is None else f"{b['yield_pct']:.2f} %") for b in boxes]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows])
