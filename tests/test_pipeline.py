@@ -106,6 +106,9 @@ class Flaky:
             raise RuntimeError("simulated interpreter fault")
         return self.inner.infer(rgb)
 
+    def __getattr__(self, name):  # the rest is the classifier's own (its name, its bundle)
+        return getattr(self.inner, name)
+
 
 def make_flaky(rt, delay=0.0, fail_on=()):
     calls = itertools.count(1)
