@@ -112,6 +112,13 @@ class AravisSource(LiveSource):
     def name(self) -> str:
         return f"aravis {self.cfg.path or '(first camera)'}"
 
+    def _apply_exposure(self, cam=None) -> None:
+        cam = cam or self.cam
+        if self.cfg.exposure_us:
+            cam.set_exposure_time(self.cfg.exposure_us)
+        if self.cfg.gain is not None:
+            cam.set_gain(self.cfg.gain)
+
     def _open(self) -> None:
         A, c = self.Aravis, self.cfg
         A.update_device_list()  # opened without a fresh list, a camera can stream to another interface's address
@@ -126,10 +133,7 @@ class AravisSource(LiveSource):
         elif c.width or c.height:
             x, y, w, h = cam.get_region()
             cam.set_region(x, y, c.width or w, c.height or h)
-        if c.exposure_us:
-            cam.set_exposure_time(c.exposure_us)
-        if c.gain is not None:
-            cam.set_gain(c.gain)
+        self._apply_exposure(cam)
         if self.mode == "camera":
             cam.set_trigger(c.trigger_line)
         elif self.takes_trigger:
@@ -295,6 +299,10 @@ class PiCameraSource(LiveSource):
         cam.configure(cam.create_video_configuration(main=main, controls=controls))
         cam.start()
         self.cam, self.job = cam, None
+
+    def _apply_exposure(self) -> None:
+        self.cam.set_controls({k: v for k, v in (("ExposureTime", self.cfg.exposure_us and int(self.cfg.exposure_us)),
+                                                 ("AnalogueGain", self.cfg.gain)) if v is not None})
 
     def _read(self, timeout: float):
         if self.job is None:

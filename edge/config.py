@@ -6,6 +6,7 @@ Loading YAML is separate from validating; a typo names the key. `deploy/edge.exa
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +18,7 @@ from firmware_io.gpio.config import GPIOConfig
 from firmware_io.mqtt.config import MQTTConfig
 from firmware_io.settings import Strict, load_yaml, validated
 
-__all__ = ["BOX_TRIGGERED", "EdgeConfig", "load_config", "load_yaml", "validate_config", "validated"]
+__all__ = ["BOX_TRIGGERED", "EdgeConfig", "RecipeConfig", "load_config", "load_yaml", "validate_config", "validated"]
 
 
 _CORES = os.cpu_count() or 2
@@ -111,6 +112,25 @@ class WebConfig(Strict):
     feed_hz: float = Field(2.0, gt=0, le=10, description="live page updates and frames per second, at most")
 
 
+RECIPE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+class RecipeConfig(Strict):
+    """A product the line makes: what the box inspects it with. A setting left unset keeps the config's own."""
+
+    bundle: str = Field(description="the bundle: a folder's name in bundles_dir (never a path)")
+    index: int | None = Field(None, ge=0, le=255, description="the number a PLC selects it by on gpio.plc's "
+                              "recipe_bits")
+    threshold: float | None = Field(None, gt=0, lt=1, description="reject threshold (default: the bundle's)")
+    class_thresholds: dict[str, float] | None = Field(None, description="as decision.class_thresholds")
+    roi: tuple[int, int, int, int] | None = Field(None, description="as pipeline.roi")
+    gate_delay_ms: float | None = Field(None, gt=0, description="as gpio.gate.delay_ms (a time-based gate)")
+    gate_distance_counts: int | None = Field(None, gt=0, description="as gpio.gate.distance_counts (an encoder gate)")
+    gate_pulse_ms: float | None = Field(None, gt=0, description="as gpio.gate.pulse_ms")
+    exposure_us: float | None = Field(None, gt=0, description="camera exposure (aravis, picamera2)")
+    gain: float | None = Field(None, ge=0, description="camera gain (aravis, picamera2)")
+
+
 class EdgeConfig(Strict):
     line: str = Field("line1", description="line name, used in topics and ids")
     station: str = Field("station1", description="station name, used in topics and ids")
@@ -131,6 +151,10 @@ class EdgeConfig(Strict):
     gpio: GPIOConfig = Field(default_factory=GPIOConfig)
     mqtt: MQTTConfig = Field(default_factory=lambda: MQTTConfig(enabled=False))
     web: WebConfig = Field(default_factory=WebConfig)
+    recipes: dict[str, RecipeConfig] = Field(default_factory=dict, description="products by name; a `recipe` "
+                                             "command (MQTT, the station, a PLC) changes over between parts")
+    recipe: str | None = Field(None, description="the recipe the box starts with (None: `bundle` and the settings "
+                               "above)")
 
 
 def validate_config(values: dict, source: str = "config") -> EdgeConfig:
@@ -143,7 +167,30 @@ def validate_config(values: dict, source: str = "config") -> EdgeConfig:
         raise EdgeError(f"{source}: trigger.mode camera needs source.kind aravis (a camera with a trigger input)")
     if cfg.source.kind == "gstreamer" and not cfg.source.pipeline.strip():
         raise EdgeError(f"{source}: source.kind gstreamer needs source.pipeline")
+    _check_recipes(cfg, source)
     return cfg
+
+
+def _check_recipes(cfg: EdgeConfig, source: str) -> None:
+    if cfg.recipes and cfg.bundles_dir is None:
+        raise EdgeError(f"{source}: recipes name bundles in bundles_dir: set bundles_dir")
+    indexes: dict[int, str] = {}
+    by_distance = cfg.gpio.gate.distance_counts is not None
+    for name, r in cfg.recipes.items():
+        if not re.fullmatch(RECIPE_NAME, name):
+            raise EdgeError(f"{source}: recipe name {name!r}: letters, digits, '_', '.' and '-' only")
+        if not re.fullmatch(RECIPE_NAME, r.bundle):
+            raise EdgeError(f"{source}: recipes.{name}.bundle {r.bundle!r} is not a plain folder name in bundles_dir")
+        if r.index is not None and indexes.setdefault(r.index, name) != name:
+            raise EdgeError(f"{source}: recipes {indexes[r.index]} and {name} both have index {r.index}")
+        if (r.gate_delay_ms if by_distance else r.gate_distance_counts) is not None:
+            raise EdgeError(f"{source}: recipes.{name}: the gate fires by "
+                            f"{'encoder distance: set gate_distance_counts' if by_distance else 'time: set gate_delay_ms'}")
+        if (r.exposure_us is not None or r.gain is not None) and cfg.source.kind not in ("aravis", "picamera2"):
+            raise EdgeError(f"{source}: recipes.{name} sets the camera's exposure or gain, which source.kind "
+                            f"{cfg.source.kind} cannot change")
+    if cfg.recipe is not None and cfg.recipe not in cfg.recipes:
+        raise EdgeError(f"{source}: recipe {cfg.recipe!r} is not one of recipes {sorted(cfg.recipes)}")
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> EdgeConfig:

@@ -52,6 +52,7 @@ class _Part:
     index: int  # capture order: telemetry and the reject store get parts in this order
     t: dict = field(default_factory=dict)
     done: bool = False
+    model: Model | None = None  # the model (and recipe) in force when it was captured: it decides the part
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class Model:
     classifiers: tuple[Classifier, ...]
     locks: tuple[threading.Lock, ...]
     threshold: float  # in force with this model: a part is decided with the model and threshold it was read with
+    path: Path | None = None  # the bundle folder, which the file watcher and a plain reload read again
+    recipe: str | None = None  # the recipe it runs for, with that recipe's settings below
+    roi: tuple[int, int, int, int] | None = None
+    class_thresholds: dict = field(default_factory=dict)
+    gate: dict = field(default_factory=dict)  # the gate's delay_ms, distance_counts, pulse_ms for these parts
 
 
 def verified_classifier(path: Path, backend: str, num_threads: int, sha256: str | None = None,
@@ -147,7 +153,7 @@ class Runtime:
         self.recent_alarms: deque[dict] = deque(maxlen=50)  # for the station's page
         self.latest: tuple[Frame, dict] | None = None  # the last part decided, in capture order (the station)
         self.started = time.time()
-        self.model = self.load_model(cfg.bundle)
+        self.model = self.load_model(cfg.bundle) if cfg.recipe is None else self.recipe_model(cfg.recipe)
         self.telemetry = telemetry
         telemetry.info(self.inventory())
         self.stats = Stats()
@@ -200,7 +206,8 @@ class Runtime:
         m = self.model
         return {"station": self.cfg.station, "line": self.cfg.line, "version": VERSION,
                 "bundle": {"name": m.bundle.name, "sha256": m.bundle.sha256}, "threshold": m.threshold,
-                "backend": m.classifiers[0].name, "camera": self.cfg.source.kind, "started": self.started}
+                "backend": m.classifiers[0].name, "camera": self.cfg.source.kind, "started": self.started,
+                "recipe": m.recipe}
 
     def _outside_counts(self) -> dict:
         """What /metrics reads from the gate, the spool and the camera when scraped."""
@@ -208,14 +215,50 @@ class Runtime:
         return {"gate": dict(self.gate.counts), "spool": len(spool) if spool is not None else 0,
                 "camera_lost": getattr(self.source, "counts", {}).get("lost", 0), "paused": self.paused.is_set()}
 
-    def load_model(self, path: Path, sha256: str | None = None) -> Model:
-        """A bundle verified, its interpreters made and test-run, with the configured or its own threshold."""
-        c = self.cfg.classifier
+    def load_model(self, path: Path, sha256: str | None = None, recipe: str | None = None) -> Model:
+        """A bundle verified, its interpreters made and test-run, with the recipe's, the configured or its own
+        threshold, and the recipe's settings where it has them."""
+        c, r = self.cfg.classifier, self.cfg.recipes.get(recipe) if recipe else None
         bundle, first = verified_classifier(path, c.backend, c.num_threads, sha256, self.cfg.bundle_key)
         count = 1 if first.name == "edgetpu" else self.cfg.pipeline.workers
         more = [make_classifier(bundle, first.name, c.num_threads) for _ in range(count - 1)]
-        threshold = bundle.threshold if self.cfg.decision.threshold is None else self.cfg.decision.threshold
-        return Model(bundle, (first, *more), tuple(threading.Lock() for _ in range(count)), threshold)
+        threshold = next(t for t in (r and r.threshold, self.cfg.decision.threshold, bundle.threshold) if t is not None)
+        class_thresholds = r.class_thresholds if r and r.class_thresholds is not None else self.cfg.decision.class_thresholds
+        if unknown := sorted(set(class_thresholds) - set(bundle.labels)):
+            raise EdgeError(f"class thresholds for {unknown}, which bundle {bundle.name} does not have "
+                            f"(labels {bundle.labels})")
+        gate = {k: v for k in ("delay_ms", "distance_counts", "pulse_ms") if r and (v := getattr(r, f"gate_{k}"))}
+        return Model(bundle, (first, *more), tuple(threading.Lock() for _ in range(count)), threshold, Path(path),
+                     recipe, r.roi if r and r.roi is not None else self.cfg.pipeline.roi, class_thresholds, gate)
+
+    def recipe_model(self, name: str) -> Model:
+        """The model of recipe `name`: its bundle from bundles_dir, verified and test-run, with its settings."""
+        if not isinstance(name, str) or name not in self.cfg.recipes:
+            raise EdgeError(f"no recipe {name!r} (recipes: {', '.join(self.cfg.recipes) or 'none configured'})")
+        return self.load_model(self.named_bundle(self.cfg.recipes[name].bundle), recipe=name)
+
+    def change_recipe(self, name: str, by: str = "command") -> dict:
+        """Change over to recipe `name` between parts: its model is ready (verified, test-run) and the camera set
+        before the swap; parts captured before it are decided by the recipe they were captured under. A
+        threshold set by command ends here. An unknown or broken recipe changes nothing and is alarmed."""
+        try:
+            model = self.recipe_model(name)
+            r = self.cfg.recipes[name]
+            if r.exposure_us is not None or r.gain is not None:
+                self.source.set_exposure(r.exposure_us, r.gain)
+        except Exception as exc:
+            current = self.model.recipe
+            self.alarm("recipe_failed", f"recipe {name!r} ({by}) refused, {current or 'the configured model'} runs "
+                       f"on: {exc}")
+            return {"ok": False, "error": str(exc), "recipe": current}
+        with self._swap:
+            self.commanded = None
+            self.model = model
+        self.stats.count("changeovers")
+        print(f"[qc] recipe {name} ({by}): model {model.bundle.name}, threshold {model.threshold:.4f}",
+              file=sys.stderr, flush=True)
+        return {"ok": True, "recipe": name, "model": model.bundle.name, "sha256": model.bundle.sha256,
+                "threshold": model.threshold}
 
     def on_count(self, count: int) -> None:
         if count % self.cfg.trigger.pitch_counts == 0:  # a part every pitch: the gate fires from the count
@@ -245,7 +288,7 @@ class Runtime:
         part.done = True
         event = None
         try:
-            event = self._act(part, d, bbox, model or self.model)
+            event = self._act(part, d, bbox, model or part.model or self.model)
         finally:  # even a fault here must not leave a gap that holds back every later part's event
             self._release(part.index, event, part.frame)
 
@@ -253,7 +296,7 @@ class Runtime:
         frame, reason = part.frame, d.reason
         if d.decision == "reject":
             try:
-                sched = self.gate.schedule(part.stamp)
+                sched = self.gate.schedule(part.stamp, **model.gate)
             except FirmwareIOError as exc:  # the part is decided and published all the same; people must act
                 reason = "gate_overflow"
                 self.alarm("gate_overflow", f"part {part.index} not rejected: {exc}", seq=part.index)
@@ -271,6 +314,8 @@ class Runtime:
             "model": {"name": model.bundle.name, "sha256": model.bundle.sha256},
             "threshold": model.threshold, "box": bbox, "source": frame.origin,
         }
+        if model.recipe is not None:
+            event["recipe"] = model.recipe
         if frame.error:
             event["error"] = frame.error
         self.stats.add(d.decision, reason, {"end_to_end": latency, **part.t})
@@ -324,7 +369,7 @@ class Runtime:
                     self._last_frame = time.monotonic()
                 if self.stop_event.is_set():
                     break
-                part = _Part(frame, stamp, self._captured)
+                part = _Part(frame, stamp, self._captured, model=self.model)
                 self._captured += 1
                 if lost:
                     self._finish(part, failsafe("camera_lost", on_error))
@@ -410,7 +455,7 @@ class Runtime:
     def _inspect(self, part: _Part, worker: int) -> None:
         """Decode, preprocess, infer, decide; the deadline is checked before, after decoding and after the model,
         so a frame that takes too long is a fail-safe reject, never a late pass."""
-        model, frame, on_error = self.model, part.frame, self.cfg.decision.on_error
+        model, frame, on_error = part.model or self.model, part.frame, self.cfg.decision.on_error
         t0 = time.monotonic()
         if self._past_deadline(part, "waiting for a worker"):
             return self._finish(part, failsafe("failsafe", on_error))
@@ -418,7 +463,7 @@ class Runtime:
             return self._finish(part, failsafe(frame.reason or "failsafe", on_error))
         if self._past_deadline(part, "decoding"):
             return self._finish(part, failsafe("failsafe", on_error))
-        roi = self.cfg.pipeline.roi
+        roi = model.roi
         td = time.monotonic()
         try:
             views, corners = frame_views(frame.image, model.bundle, self.cfg.source.bgr, roi)
@@ -434,7 +479,7 @@ class Runtime:
                                     model.bundle.good_index)[1][0])
             result = results[worst]
             d = decide(result.scores, model.bundle.labels, model.threshold, model.bundle.good_index,
-                       self.cfg.decision.class_thresholds)
+                       model.class_thresholds)
         except Exception as exc:
             frame.error = f"model: {exc}"
             self.alarm("model_failed", f"inference failed on part {part.index}: {exc}")
@@ -462,7 +507,7 @@ class Runtime:
 
     def _bundle_mtime(self) -> float:
         times = []
-        for f in (self.cfg.bundle / "model.json", self.bundle.model_path):
+        for f in (self.model.path / "model.json", self.bundle.model_path):
             try:
                 times.append(f.stat().st_mtime)
             except OSError:  # being replaced: the next look sees it
@@ -474,9 +519,9 @@ class Runtime:
         """Prepare a bundle completely (read, verified, interpreters made and test-run, threshold chosen), then
         swap it in whole between parts, or change nothing and alarm why. A threshold set by command stays in
         force unless `keep_threshold` is false; `limits`: the range the bundle's own threshold must lie in."""
-        path = Path(path or self.cfg.bundle)
+        path = Path(path or self.model.path)
         try:
-            model = self.load_model(path, sha256)
+            model = self.load_model(path, sha256, self.model.recipe)  # a recipe keeps its settings
             if model.bundle.labels != self.bundle.labels:
                 raise EdgeError(f"labels {model.bundle.labels} differ from the running model's {self.bundle.labels}")
             if limits and self.cfg.decision.threshold is None and not limits[0] <= model.threshold <= limits[1]:
@@ -506,7 +551,8 @@ class Runtime:
         return path
 
     def command(self, name: str, payload: dict) -> dict:
-        """Commands from telemetry: threshold, pause, resume, reload, snapshot. Validated; never raises."""
+        """Commands from telemetry and the station: threshold, pause, resume, reload, recipe, snapshot. Validated;
+        never raises."""
         if name == "threshold":
             value = payload.get("value")
             lo, hi = self.cfg.mqtt.threshold_limits
@@ -515,7 +561,15 @@ class Runtime:
             with self._swap:
                 self.commanded = float(value)
                 self.model = replace(self.model, threshold=self.commanded)
-            return {"ok": True, "threshold": self.threshold}
+            reply = {"ok": True, "threshold": self.threshold}
+            if self.model.recipe is not None:
+                reply |= {"recipe": self.model.recipe, "note": "for this recipe until the next changeover, which "
+                          "sets that recipe's threshold"}
+            return reply
+        if name == "recipe":
+            if set(payload) != {"name"} or not isinstance(payload["name"], str):
+                return {"ok": False, "error": "recipe takes {\"name\": a recipe's name}"}
+            return self.change_recipe(payload["name"])
         if name == "pause":
             self.paused.set()
             self.light.set("warning")

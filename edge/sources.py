@@ -207,6 +207,16 @@ class LiveSource:
     def _trigger(self) -> None:
         raise NotImplementedError
 
+    def _apply_exposure(self) -> None:
+        raise EdgeError(f"{self.name}: this camera kind cannot change its exposure or gain")
+
+    def set_exposure(self, exposure_us: float | None, gain: float | None) -> None:
+        """A recipe's exposure and gain: set now when the camera is open, and kept for every reopen."""
+        self.cfg = self.cfg.model_copy(update={k: v for k, v in (("exposure_us", exposure_us), ("gain", gain))
+                                               if v is not None})
+        if self.connected:
+            self._apply_exposure()
+
     @property
     def stats(self) -> dict:
         return dict(self.counts) | {"connected": self.connected}

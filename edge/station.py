@@ -12,7 +12,7 @@ sha256 in constant time. No request names a file: images are served by a stem fr
     GET  /frame.jpg        the last frame decided, its box drawn
     GET  /api/rejects      the reject store, newest first (?reason=&label=)
     GET  /rejects/STEM/frame|boxed
-    POST /api/command/NAME the MQTT commands' code path (threshold, pause, resume, reload, snapshot)
+    POST /api/command/NAME the MQTT commands' code path (threshold, pause, resume, reload, recipe, snapshot)
     POST /api/review/STEM  {"label": CLASS | "good" | "skip"}: written into the frame's sidecar with who and when
     GET  /metrics          Prometheus;  GET /healthz
 """
@@ -193,7 +193,7 @@ class Station:
             "model": {"name": card.name, "sha256": card.sha256, "threshold": rt.threshold, "labels": card.labels,
                       "metrics": card.metrics.get(card.quantization.get("mode", "int8"), {})},
             "latest": latest and {k: latest.get(k) for k in ("seq", "decision", "reason", "label", "score", "box")},
-            "line": rt.cfg.line, "station": rt.cfg.station,
+            "line": rt.cfg.line, "station": rt.cfg.station, "recipe": rt.model.recipe, "recipes": list(rt.cfg.recipes),
         }
 
     async def state(self, request: Request) -> Response:

@@ -33,7 +33,7 @@ class RejectGate:
             raise FirmwareIOError("gate.distance_counts needs an encoder")
         self.gpio, self.cfg, self.clock, self.encoder = gpio, cfg, clock, encoder
         self.on, self.off = (1, 0) if cfg.active_high else (0, 1)
-        self.queues: list[deque[float]] = [deque() for _ in cfg.pins]
+        self.queues: list[deque[tuple[float, float]]] = [deque() for _ in cfg.pins]  # (firing point, pulse s)
         self.open_until: list[float | None] = [None] * len(cfg.pins)
         self.counts: Counter = Counter()
         self.errors_ms: deque[float] = deque(maxlen=10_000)  # fired minus scheduled, for stats and the demo
@@ -47,12 +47,16 @@ class RejectGate:
 
     # --- scheduling (any thread) ---
 
-    def schedule(self, stamp: float, lane: int = 0) -> Scheduled:
-        """Reject the part captured at `stamp` (monotonic seconds, or the encoder count at capture)."""
+    def schedule(self, stamp: float, lane: int = 0, delay_ms: float | None = None,
+                 distance_counts: int | None = None, pulse_ms: float | None = None) -> Scheduled:
+        """Reject the part captured at `stamp` (monotonic seconds, or the encoder count at capture); a recipe's
+        delay, distance or pulse replaces the configured one for this part."""
         if not 0 <= lane < len(self.queues):
             raise FirmwareIOError(f"lane {lane} does not exist; the gate has {len(self.queues)} lane(s)")
         by_distance = self.cfg.distance_counts is not None
-        at = stamp + (self.cfg.distance_counts if by_distance else self.cfg.delay_ms / 1000)
+        at = stamp + ((distance_counts or self.cfg.distance_counts) if by_distance
+                      else (delay_ms or self.cfg.delay_ms) / 1000)
+        pulse = (pulse_ms or self.cfg.pulse_ms) / 1000
         with self._wake:
             now = self.encoder.count if by_distance else self.clock.now()
             late = at < now
@@ -67,7 +71,7 @@ class RejectGate:
                 raise FirmwareIOError(f"reject gate lane {lane} has {self.cfg.max_in_flight} parts in flight "
                                       "(gate.max_in_flight): the line outruns the gate")
             # workers may decide parts out of capture order: each keeps its own place on the belt
-            bisect.insort(self.queues[lane], at)
+            bisect.insort(self.queues[lane], (at, pulse))
             self.counts["scheduled"] += 1
             self._wake.notify()
         return Scheduled(lane, at, late)
@@ -83,17 +87,17 @@ class RejectGate:
     def next_deadline(self) -> float | None:
         ends = [t for t in self.open_until if t is not None]
         if self.cfg.distance_counts is None:
-            ends += [q[0] for q in self.queues if q]
+            ends += [q[0][0] for q in self.queues if q]
         return min(ends) if ends else None
 
     def service(self, now: float) -> None:
         by_time = self.cfg.distance_counts is None
         position = now if by_time else self.encoder.count
-        pulse, gap = self.cfg.pulse_ms / 1000, self.cfg.min_gap_ms / 1000
+        gap = self.cfg.min_gap_ms / 1000
         for lane, pin in enumerate(self.cfg.pins):
             queue = self.queues[lane]
-            while queue and queue[0] <= position:
-                at = queue.popleft()
+            while queue and queue[0][0] <= position:
+                at, pulse = queue.popleft()
                 self.counts["fired"] += 1
                 if by_time:
                     self.errors_ms.append((now - at) * 1000)
@@ -104,8 +108,8 @@ class RejectGate:
                 self.open_until[lane] = now + pulse
             end = self.open_until[lane]
             if end is not None and now >= end:
-                if by_time and queue and queue[0] - now < gap:
-                    self.open_until[lane] = queue[0]  # closing for less than min_gap would chatter the valve
+                if by_time and queue and queue[0][0] - now < gap:
+                    self.open_until[lane] = queue[0][0]  # closing for less than min_gap would chatter the valve
                 else:
                     self.gpio.write(pin, self.off)
                     self.open_until[lane] = None
