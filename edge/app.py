@@ -15,6 +15,7 @@ from edge.store import RejectStore
 from edge.telemetry import JsonlTee, MemoryTelemetry, Telemetry
 from firmware_io.errors import QCError
 from firmware_io.gpio import Encoder, PartSensor, RealClock, RejectGate, StackLight, make_backend
+from firmware_io.gpio.plc import PLCHandshake
 
 __all__ = ["build_runtime", "start_station"]
 
@@ -68,6 +69,9 @@ def _wire(cfg: EdgeConfig, telemetry: Telemetry, gpio, clock, source) -> Runtime
         PartSensor(gpio, cfg.gpio.part_sensor, runtime.on_part)
     elif cfg.trigger.mode == "encoder":
         encoder.listeners.append(runtime.on_count)
+    elif cfg.trigger.mode == "plc":
+        runtime.plc = PLCHandshake(gpio, cfg.gpio.plc, clock, runtime.on_part, runtime.recipe_by_index,
+                                   runtime.alarm)
     return runtime
 
 

@@ -66,13 +66,14 @@ class SourceConfig(Strict):
 
 # the modes in which the box triggers each part (its frame is grabbed after the trigger); in the others each
 # frame the source delivers is a part
-BOX_TRIGGERED = ("part_sensor", "encoder")
+BOX_TRIGGERED = ("part_sensor", "encoder", "plc")
 
 
 class TriggerConfig(Strict):
-    mode: Literal["free", "part_sensor", "encoder", "camera"] = Field(
+    mode: Literal["free", "part_sensor", "encoder", "camera", "plc"] = Field(
         "free", description="free: each frame is a part; part_sensor: a part on its edge; encoder: every pitch; "
-        "camera: the part sensor is wired to the camera's trigger input, each frame it takes is a part (aravis)")
+        "camera: the part sensor is wired to the camera's trigger input, each frame it takes is a part (aravis); "
+        "plc: a part on the PLC's trigger, its result on ok/ng (gpio.plc)")
     pitch_counts: int | None = Field(None, gt=0, description="encoder mode: counts between parts")
     frame_timeout_ms: float = Field(500.0, gt=0, description="part_sensor/encoder: a trigger with no frame exposed "
                                     "after it within this time is a fail-safe reject (camera_lost)")
@@ -163,6 +164,8 @@ def validate_config(values: dict, source: str = "config") -> EdgeConfig:
         raise EdgeError(f"{source}: trigger.mode part_sensor needs gpio.part_sensor")
     if cfg.trigger.mode == "encoder" and (cfg.gpio.encoder is None or cfg.trigger.pitch_counts is None):
         raise EdgeError(f"{source}: trigger.mode encoder needs gpio.encoder and trigger.pitch_counts")
+    if cfg.trigger.mode == "plc" and cfg.gpio.plc is None:
+        raise EdgeError(f"{source}: trigger.mode plc needs gpio.plc (its trigger, result_ack and outputs)")
     if cfg.trigger.mode == "camera" and cfg.source.kind != "aravis":
         raise EdgeError(f"{source}: trigger.mode camera needs source.kind aravis (a camera with a trigger input)")
     if cfg.source.kind == "gstreamer" and not cfg.source.pipeline.strip():

@@ -162,6 +162,7 @@ class Runtime:
                                                                       line.encoder)
         self.store = store
         self.source = source
+        self.plc = None  # the PLC handshake (trigger.mode plc), wired by edge.app
         # a part passing a camera cannot wait for a free worker; a recorded folder or video can
         self.live = cfg.trigger.mode != "free" or getattr(self.source, "live", True)
         self.triggers: queue.Queue = queue.Queue()  # trigger stamps: the part sensor's times or encoder counts
@@ -237,6 +238,15 @@ class Runtime:
             raise EdgeError(f"no recipe {name!r} (recipes: {', '.join(self.cfg.recipes) or 'none configured'})")
         return self.load_model(self.named_bundle(self.cfg.recipes[name].bundle), recipe=name)
 
+    def recipe_by_index(self, index: int) -> bool:
+        """A PLC's recipe number: the recipe with that index, changed over to; False when refused."""
+        names = [n for n, r in self.cfg.recipes.items() if r.index == index]
+        if not names:
+            self.alarm("recipe_failed", f"recipe index {index} (plc): no recipe has it; "
+                       f"{self.model.recipe or 'the configured model'} runs on")
+            return False
+        return self.change_recipe(names[0], by="plc")["ok"]
+
     def change_recipe(self, name: str, by: str = "command") -> dict:
         """Change over to recipe `name` between parts: its model is ready (verified, test-run) and the camera set
         before the swap; parts captured before it are decided by the recipe they were captured under. A
@@ -305,6 +315,8 @@ class Runtime:
                     reason = "late"
                     self.alarm("late", f"part {part.index} decided after its reject window"
                                + ("" if sched.fired else "; not fired (gate.late_policy skip)"), seq=part.index)
+        if self.plc is not None:  # one part at a time: this is the one the PLC triggered
+            self.plc.result(d.decision == "pass", failsafe=d.reason not in ("ok", "defect"))
         latency = (time.monotonic() - frame.stamp) * 1000
         event = {
             "id": f"{self.cfg.station}-{self.boot}-{part.index:08d}",
@@ -644,6 +656,8 @@ class Runtime:
                 t.join(timeout=10)  # parts in flight finish: capture stops, the queue drains
             gc.unfreeze()
             self.gate.close(drain=True)
+            if self.plc is not None:
+                self.plc.close()
             self.light.set("off")
             final = self._publish_stats()
             self.telemetry.close()

@@ -17,7 +17,7 @@ from qc.cli import main
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
-@pytest.mark.parametrize("name", ["edge.example.yaml", "pi.yaml", "jetson.yaml", "coral.yaml", "gige.yaml"])
+@pytest.mark.parametrize("name", ["edge.example.yaml", "pi.yaml", "jetson.yaml", "coral.yaml", "gige.yaml", "plc.yaml"])
 def test_example_configs_are_valid(name, bundle_dir, capsys):
     """Valid everywhere; where what it names exists only on the box (Picamera2 off a Pi, the CA file, /var/lib/qc
     for a user who is not root), the one error names it (and what to install)."""

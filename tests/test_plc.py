@@ -16,6 +16,7 @@ from edge.config import validate_config
 from edge.errors import QCError
 from edge.station import Station, load_operators, token_line
 from edge.telemetry import MemoryTelemetry
+from firmware_io.gpio import ManualClock
 from firmware_io.mqtt.broker import LocalBroker
 
 from .conftest import write_card
@@ -156,3 +157,98 @@ def test_a_box_starts_with_its_recipe(bundle_dir, bundles, synth32, tmp_path):
     rt, _ = _line(bundle_dir, bundles, synth32, tmp_path, n=2)
     assert (rt.model.recipe, rt.bundle.name, rt.threshold) == ("plain", "plain", 0.9)
     assert isinstance(rt.telemetry, MemoryTelemetry) and time.time() >= rt.started
+
+
+PLC = {"trigger": 20, "result_ack": 21, "recipe_bits": [22, 23], "recipe_strobe": 24, "ready": 5, "busy": 6,
+       "result_ready": 13, "ok": 19, "ng": 26, "error": 12, "ack_timeout_ms": 500, "debounce_ms": 0}
+
+
+@pytest.fixture
+def plc_line(bundle_dir, bundles, synth32, tmp_path):
+    """A box run by a PLC over the simulated GPIO on a manual clock; the line's frames from a looping folder."""
+    clock = ManualClock()
+    cfg = validate_config({"bundle": str(bundle_dir), "bundles_dir": str(bundles), "recipes": RECIPES,
+                           "recipe": "plain", "store": {"dir": None}, "web": {"enabled": False},
+                           "trigger": {"mode": "plc", "frame_timeout_ms": 200},
+                           "gpio": {"backend": "sim", "plc": PLC},
+                           "source": {"kind": "folder", "path": str(frames(synth32, tmp_path, n=6)), "loop": True}})
+    tel = MemoryTelemetry()
+    rt = build_runtime(cfg, telemetry=tel, clock=clock)
+    runner = threading.Thread(target=rt.run, kwargs={"on_stats": lambda line: None})
+    runner.start()
+    assert wait_for(rt.running.is_set)
+    yield rt, tel, rt.gpio, clock
+    rt.stop_event.set()
+    runner.join(30)
+
+
+def _levels(gpio, *names):
+    return tuple(gpio.read(PLC[n]) for n in names)
+
+
+def _cycle(gpio, ack=True):
+    """One part as a PLC runs it: trigger, wait for the result, read it, acknowledge. Returns (ok, ng, error)."""
+    assert gpio.read(PLC["ready"]) == 1
+    gpio.drive(PLC["trigger"], 1)
+    assert _levels(gpio, "ready", "busy") == (0, 1)  # at once, on the trigger's edge
+    assert wait_for(lambda: gpio.read(PLC["result_ready"]) == 1, timeout=30)
+    result = _levels(gpio, "ok", "ng", "error")
+    assert gpio.read(PLC["busy"]) == 0
+    gpio.drive(PLC["trigger"], 0)
+    if ack:
+        gpio.drive(PLC["result_ack"], 1)
+        assert _levels(gpio, "result_ready", "ok", "ng", "ready") == (0, 0, 0, 1)
+        gpio.drive(PLC["result_ack"], 0)
+    return result
+
+
+def test_the_plc_handshake_runs_trigger_busy_result_ack_ready_in_order(plc_line):
+    rt, tel, gpio, clock = plc_line
+    start = len(gpio.changes)
+    ok, ng, error = _cycle(gpio)
+    assert ok + ng == 1 and error == 0
+    pins = {v: k for k, v in PLC.items() if isinstance(v, int)}
+    seq = [(pins[c.pin], c.level) for c in gpio.changes[start:] if c.pin in pins]
+    result = ("ok" if ok else "ng", 1)
+    assert seq == [("ready", 0), ("busy", 1), result, ("busy", 0), ("result_ready", 1),
+                   (result[0], 0), ("result_ready", 0), ("ready", 1)]
+    assert len(tel.inspections) == 1 and tel.inspections[0]["decision"] == ("pass" if ok else "reject")
+
+
+def test_a_missing_ack_a_trigger_while_busy_and_a_model_error(plc_line):
+    rt, tel, gpio, clock = plc_line
+    _cycle(gpio, ack=False)  # the PLC never acknowledges
+    clock.advance(0.499)
+    assert gpio.read(PLC["result_ready"]) == 1
+    clock.advance(0.002)
+    assert _levels(gpio, "result_ready", "ok", "ng", "error", "ready") == (0, 0, 0, 1, 1)
+    assert [a["kind"] for a in tel.alarms] == ["plc_ack_timeout"]
+    make_flaky(rt, delay=0.3, fail_on={1})  # the next inference is slow, and fails
+    gpio.drive(PLC["trigger"], 1)
+    assert gpio.read(PLC["error"]) == 0  # an accepted trigger clears the last error
+    gpio.drive(PLC["trigger"], 0)
+    gpio.drive(PLC["trigger"], 1)  # again, while busy: refused
+    assert gpio.read(PLC["error"]) == 1 and tel.alarms[-1]["kind"] == "plc_trigger_refused"
+    assert wait_for(lambda: gpio.read(PLC["result_ready"]) == 1, timeout=30)
+    assert _levels(gpio, "ok", "ng", "error") == (0, 1, 1)  # fail-safe: ng and error
+    gpio.drive(PLC["trigger"], 0)
+    gpio.drive(PLC["result_ack"], 1)
+    gpio.drive(PLC["result_ack"], 0)
+    assert len(tel.inspections) == 2 and tel.inspections[-1]["reason"] == "failsafe"  # one part, not two
+
+
+def test_the_plc_changes_the_recipe_by_its_index(plc_line):
+    rt, tel, gpio, clock = plc_line
+    gpio.drive(PLC["recipe_bits"][1], 1)  # index 2: ribbed
+    gpio.drive(PLC["recipe_strobe"], 1)
+    assert _levels(gpio, "ready", "busy") == (0, 1)
+    assert wait_for(lambda: gpio.read(PLC["ready"]) == 1, timeout=30)
+    assert rt.model.recipe == "ribbed" and gpio.read(PLC["error"]) == 0
+    gpio.drive(PLC["recipe_strobe"], 0)
+    _cycle(gpio)
+    assert tel.inspections[-1]["recipe"] == "ribbed"
+    gpio.drive(PLC["recipe_bits"][0], 1)  # index 3: a recipe whose bundle is missing
+    gpio.drive(PLC["recipe_strobe"], 1)
+    assert wait_for(lambda: gpio.read(PLC["ready"]) == 1, timeout=30)
+    assert gpio.read(PLC["error"]) == 1 and rt.model.recipe == "ribbed"
+    assert tel.alarms[-1]["kind"] == "recipe_failed"

@@ -69,6 +69,32 @@ class StackLightConfig(Strict):
     horn: Pin | None = Field(None, description="sounds with red")
 
 
+class PLCConfig(Strict):
+    """The PLC handshake's lines (firmware_io/gpio/plc.py has the timing diagram)."""
+
+    trigger: Pin = Field(description="input: a rising edge asks for a part's inspection")
+    result_ack: Pin = Field(description="input: the PLC has read ok/ng")
+    recipe_bits: list[Pin] = Field(default_factory=list, max_length=8, description="inputs: a recipe's index, bit 0 "
+                                   "first")
+    recipe_strobe: Pin | None = Field(None, description="input: a rising edge reads recipe_bits and changes over")
+    ready: Pin = Field(description="output: a trigger is welcome")
+    busy: Pin = Field(description="output: inspecting, or changing over")
+    result_ready: Pin = Field(description="output: ok/ng hold this part's result")
+    ok: Pin = Field(description="output: the part passed")
+    ng: Pin = Field(description="output: the part is to be rejected")
+    error: Pin = Field(description="output: fail-safe result, refused trigger or recipe, or a missing ack")
+    active_high: bool = Field(True, description="outputs: the asserted level")
+    pull_up: bool = Field(False, description="inputs: pulled up, asserted low (an open-collector PLC output)")
+    debounce_ms: float = Field(1.0, ge=0, description="inputs")
+    ack_timeout_ms: float = Field(1000.0, gt=0, description="a result not acknowledged this long is withdrawn")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.recipe_bits and self.recipe_strobe is None:
+            raise ValueError("plc.recipe_bits need plc.recipe_strobe, the edge that reads them")
+        return self
+
+
 class GPIOConfig(Strict):
     backend: Literal["auto", "sim", "gpiod", "rpi"] = Field(
         "auto", description="gpiod (the kernel's GPIO device: a Pi 5, a Pi 4, a Jetson, any Linux board); rpi (the "
@@ -77,6 +103,7 @@ class GPIOConfig(Strict):
     part_sensor: InputConfig | None = Field(None, description="part-present input, for triggered capture")
     encoder: EncoderConfig | None = Field(None, description="belt encoder, for distance-based firing")
     stack_light: StackLightConfig = Field(default_factory=StackLightConfig)
+    plc: PLCConfig | None = Field(None, description="the PLC handshake's lines, for trigger.mode plc")
 
     @model_validator(mode="after")
     def _check_pins(self):
@@ -85,6 +112,11 @@ class GPIOConfig(Strict):
             if getattr(self, key) is not None:
                 named.append((f"{key}.pin", getattr(self, key).pin))
         named += [(f"stack_light.{k}", v) for k, v in self.stack_light.model_dump().items() if v is not None]
+        if self.plc is not None:
+            for key in ("trigger", "result_ack", "recipe_strobe", "ready", "busy", "result_ready", "ok", "ng", "error"):
+                if (pin := getattr(self.plc, key)) is not None:
+                    named.append((f"plc.{key}", pin))
+            named += [(f"plc.recipe_bits[{i}]", p) for i, p in enumerate(self.plc.recipe_bits)]
         seen: dict[int | str, str] = {}
         for name, pin in named:
             if self.backend == "rpi" and isinstance(pin, str):
