@@ -252,3 +252,24 @@ def test_the_plc_changes_the_recipe_by_its_index(plc_line):
     assert wait_for(lambda: gpio.read(PLC["ready"]) == 1, timeout=30)
     assert gpio.read(PLC["error"]) == 1 and rt.model.recipe == "ribbed"
     assert tel.alarms[-1]["kind"] == "recipe_failed"
+
+
+def test_a_recipe_sets_the_cameras_exposure_before_its_first_part(bundle_dir, bundles, tmp_path):
+    from .test_cameras import FreeRunning
+
+    class Exposed(FreeRunning):  # the stand-in camera, recording what it is set to
+        def __init__(self):
+            super().__init__()
+            self.set = []
+
+        def _apply_exposure(self):
+            self.set.append((self.cfg.exposure_us, self.cfg.gain))
+
+    cam = Exposed()
+    recipes = RECIPES | {"ribbed": RECIPES["ribbed"] | {"exposure_us": 1200, "gain": 2.0}}
+    rt, tel = make_runtime(bundle_dir, tmp_path, tmp_path, cam, bundles_dir=str(bundles), recipes=recipes,
+                           source={"kind": "aravis"})
+    cam.open(5)
+    assert rt.command("recipe", {"name": "ribbed"})["ok"]
+    assert cam.set == [(1200, 2.0)] and cam.cfg.exposure_us == 1200  # and kept for a reopen
+    cam.close()
