@@ -264,6 +264,7 @@ class Runtime:
         with self._swap:
             self.commanded = None
             self.model = model
+            self._watch_mtime = self._bundle_mtime()  # the file watcher follows the recipe's bundle from here
         self.stats.count("changeovers")
         print(f"[qc] recipe {name} ({by}): model {model.bundle.name}, threshold {model.threshold:.4f}",
               file=sys.stderr, flush=True)
