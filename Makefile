@@ -25,6 +25,7 @@ bench: $(STAMP)
 	QC_BENCH_SAVE=1 $(PY) -m bench.synth
 	QC_BENCH_SAVE=1 $(PY) -m bench.reject_timing
 	QC_BENCH_SAVE=1 $(PY) -m bench.telemetry
+	QC_BENCH_SAVE=1 $(PY) -m bench.collector
 	QC_BENCH_SAVE=1 $(PY) -m bench.export
 	$(VENV)/bin/qc demo --out bench-output/demo > /dev/null
 	QC_BENCH_SAVE=1 $(VENV)/bin/qc bench --bundle bench-output/demo/bundle

@@ -152,7 +152,17 @@ def _good_only(r):
             f"a score that knows nothing: ROC AUC {b['roc_auc']}, recall at 1 % / 3 % false rejects "
             f"{b['recall_at_1pct']} / {b['recall_at_3pct']}",
             f"on every seed: ROC AUC >= {r['goals']['roc_auc']}, recall >= {r['goals']['recall_at_3pct']} at 3 % false "
-            f"rejects, int8 within {r['goals']['int8_auc_drop_max']} AUC of float")
+            f"rejects, int8 within {r['goals']['int8_auc_drop_max']} AUC of float ("
+            + "; ".join(f"{d}: {'met' if r[d]['meets_goals'] else 'not met'}" for d in data) + ")")
+
+
+def _collector(r):
+    e = r["events_per_s"]
+    return (f"{r['events']} inspection events (QoS 1) from 50 stations' topics, stored: one collector on PostgreSQL "
+            f"{e['postgresql_one']:.0f} events/s, on SQLite {e['sqlite_one']:.0f}/s; two in a share group on "
+            f"PostgreSQL {e['postgresql_two_shared']:.0f}/s ({r['two_over_one']} x one)",
+            f"mosquitto_sub to /dev/null, the same publisher: {e['mosquitto_sub']:.0f} events/s",
+            f"one collector on PostgreSQL keeps up with 50 stations at 20 parts/s ({r['goal_events_per_s']:.0f} events/s)")
 
 
 def _camera(r):
@@ -195,7 +205,8 @@ def _wheels(r):
 
 FORMAT = {"synth": _synth, "reject_timing": _reject_timing, "telemetry": _telemetry, "export": _export,
           "train_quality": _train_quality, "default_backbone": _default_backbone, "edge_pipeline": _edge_pipeline,
-          "any_dataset": _any_dataset, "good_only": _good_only, "camera_aravis": _camera,
+          "any_dataset": _any_dataset, "good_only": _good_only, "collector": _collector,
+          "camera_aravis": _camera,
           "wheels": _wheels, "faults": _faults, "station": _station}
 
 
