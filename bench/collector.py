@@ -105,10 +105,8 @@ def main(argv=None) -> dict:
             root = name.replace("_", "")
             procs = _collectors(broker, db, root, ids, pg.env)
             if count:
-                def stored(database=count):
-                    return int(subprocess.run(["psql", pg.url.rsplit("/", 1)[0] + "/" + database, "-tAc",
-                                               "SELECT count(*) FROM inspections"], env=pg.env, capture_output=True,
-                                              text=True).stdout.strip() or 0)
+                def stored(url=db):
+                    return int(pg.psql("SELECT count(*) FROM inspections", url) or 0)
             else:
                 def stored(path=db):
                     with sqlite3.connect(path) as con:

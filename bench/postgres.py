@@ -68,11 +68,11 @@ class Cluster:
     def env(self) -> dict[str, str]:
         return {**os.environ, "PGPASSWORD": self.password}
 
-    def psql(self, sql: str) -> str:
-        """What Debian's psql prints for `sql` (unaligned, tuples only)."""
-        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres",
-                              "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql], env=self.env, capture_output=True,
-                             text=True, timeout=60)
+    def psql(self, sql: str, url: str | None = None) -> str:
+        """What Debian's psql prints for `sql` (unaligned, tuples only) in the database at `url` (default the
+        cluster's own)."""
+        out = subprocess.run(["psql", url or self.url, "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql], env=self.env,
+                             capture_output=True, text=True, timeout=60)
         if out.returncode:
             raise RuntimeError(out.stderr.strip())
         return out.stdout.strip()

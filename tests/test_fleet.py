@@ -46,11 +46,6 @@ def database(pg, request, monkeypatch):
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
-def _psql(pg, url, sql):
-    return subprocess.run(["psql", url, "-tA", "-c", sql], env=pg.env, capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def _collector(url, db, cid, env):
     return subprocess.Popen([sys.executable, "-m", "qc", "collect", "--mqtt", url, "--db", db, "--group", "plant",
                              "--id", cid], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -59,7 +54,7 @@ def _collector(url, db, cid, env):
 def test_two_collectors_in_a_group_store_every_event_once_though_one_is_killed(pg, database, tmp_path):
     broker = LocalBroker(tmp_path / "broker").start()
     c1, c2 = (_collector(broker.url, database, cid, pg.env) for cid in ("c1", "c2"))
-    assert wait_for(lambda: "inspections" in _psql(pg, database, "SELECT table_name FROM information_schema.tables"),
+    assert wait_for(lambda: "inspections" in pg.psql("SELECT table_name FROM information_schema.tables", database),
                     timeout=60)
     time.sleep(1)  # both subscribed
     boxes = [MQTTTelemetry(MQTTConfig(url=broker.url, spool_path=tmp_path / f"spool{i}.sqlite"), "l1", f"s{i}")
@@ -73,13 +68,13 @@ def test_two_collectors_in_a_group_store_every_event_once_though_one_is_killed(p
             assert box.inspection(event(n, f"s{i}"))
             sent += 1
         if n == 600:  # one collector dies mid-run, mid-batch perhaps
-            assert wait_for(lambda: int(_psql(pg, database, "SELECT count(*) FROM inspections")) > 300, timeout=60)
+            assert wait_for(lambda: int(pg.psql("SELECT count(*) FROM inspections", database)) > 300, timeout=60)
             c1.send_signal(signal.SIGKILL)
             c1.wait()
         if n == 1300:
             c1 = _collector(broker.url, database, "c1", pg.env)  # back with its id: its queue follows
     count = "SELECT count(*), count(DISTINCT id) FROM inspections"
-    assert wait_for(lambda: _psql(pg, database, count) == "6000|6000", timeout=120), _psql(pg, database, count)
+    assert wait_for(lambda: pg.psql(count, database) == "6000|6000", timeout=120), pg.psql(count, database)
     for box in boxes:
         box.close()
     stored = []
@@ -89,7 +84,7 @@ def test_two_collectors_in_a_group_store_every_event_once_though_one_is_killed(p
         assert c.returncode == 0, err[-2000:]
         stored.append(json.loads(out[out.index("{"):])["inspections"])
     assert all(stored) and sum(stored) <= 6000  # the group split the work (the killed one's part is not counted)
-    assert _psql(pg, database, "SELECT count(*) FROM inspections WHERE station = 's2'") == "2000"
+    assert pg.psql("SELECT count(*) FROM inspections WHERE station = 's2'", database) == "2000"
     # the fleet: every box with its model, and today's parts
     fleet = subprocess.run([sys.executable, "-m", "qc", "fleet", "--db", database, "--json"], cwd=ROOT, env=pg.env,
                            capture_output=True, text=True, check=True)
@@ -99,8 +94,8 @@ def test_two_collectors_in_a_group_store_every_event_once_though_one_is_killed(p
     # the dashboard's views (deploy/fleet/views.sql) run on what the collectors made
     subprocess.run(["psql", database, "-v", "ON_ERROR_STOP=1", "-qf", str(ROOT / "deploy/fleet/views.sql")],
                    env=pg.env, check=True, capture_output=True)
-    assert _psql(pg, database, "SELECT sum(parts) FROM qc_yield_per_minute") == "6000"
-    assert _psql(pg, database, "SELECT count(*) FROM qc_fleet WHERE bundle IS NOT NULL") == "3"
+    assert pg.psql("SELECT sum(parts) FROM qc_yield_per_minute", database) == "6000"
+    assert pg.psql("SELECT count(*) FROM qc_fleet WHERE bundle IS NOT NULL", database) == "3"
     table = subprocess.run([sys.executable, "-m", "qc", "fleet", "--db", database], cwd=ROOT, env=pg.env,
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert table[0].split()[:4] == ["line", "station", "version", "bundle"] and len(table) == 4
@@ -147,7 +142,7 @@ def test_schema_versions_an_old_file_is_migrated_a_newer_database_refused(pg, da
     assert store.inspections() == [("s1", 1.0, None, "pass", None, None)]
     store.close()
     open_store(database).close()
-    _psql(pg, database, f"UPDATE qc_schema SET version = {SCHEMA_VERSION + 1}")
+    pg.psql(f"UPDATE qc_schema SET version = {SCHEMA_VERSION + 1}", database)
     with pytest.raises(QCError, match=f"schema version {SCHEMA_VERSION + 1} is newer than this qc-inspect's"):
         open_store(database)
     assert main(["fleet", "--db", database]) == 2

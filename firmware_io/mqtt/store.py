@@ -71,8 +71,8 @@ class Store:
     def _tables_present(self) -> set[str]:
         raise NotImplementedError
 
-    def _migrate(self, ddl: dict[int, str], extra=None) -> None:
-        """Create or bring the tables to SCHEMA_VERSION, or refuse a newer schema."""
+    def _version(self) -> int:
+        """The schema version found (0: no tables, 1: a file from before versions); a newer one is refused."""
         present = self._tables_present()
         if "qc_schema" in present:
             found = self._execute("SELECT MAX(version) FROM qc_schema").fetchone()[0] or 0
@@ -81,6 +81,16 @@ class Store:
         if found > SCHEMA_VERSION:
             raise FirmwareIOError(f"{self.name}: telemetry schema version {found} is newer than this qc-inspect's "
                                   f"({SCHEMA_VERSION}); upgrade qc-inspect to read it")
+        return found
+
+    def _check(self) -> None:
+        """For reading: a telemetry database of a version this qc-inspect reads; nothing is created."""
+        if self._version() == 0:
+            raise FirmwareIOError(f"{self.name}: not a qc telemetry database (no inspections table)")
+
+    def _migrate(self, ddl: dict[int, str], extra=None) -> None:
+        """Create or bring the tables to SCHEMA_VERSION, or refuse a newer schema."""
+        found = self._version()
         for version in range(found, SCHEMA_VERSION):
             self._script(ddl[version])
         if found < SCHEMA_VERSION:
@@ -209,23 +219,14 @@ class SQLiteStore(Store):
         try:
             self.db = sqlite3.connect(f"file:{path}?mode=ro" if read_only else path, uri=read_only,
                                       check_same_thread=False, isolation_level=None)
-            if not read_only:
+            if read_only:
+                self._check()
+            else:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a crash of the process
-            self._migrate(_tables("REAL", "BLOB", "TEXT")) if not read_only else self._check()
+                self._migrate(_tables("REAL", "BLOB", "TEXT"))
         except sqlite3.DatabaseError as exc:
             raise FirmwareIOError(f"{path}: not a qc telemetry database ({exc})") from None
-        self._in_tx = False
-
-    def _check(self) -> None:
-        present = self._tables_present()
-        if "inspections" not in present:
-            raise FirmwareIOError(f"{self.name}: not a qc telemetry database (no inspections table)")
-        if "qc_schema" in present:
-            found = self._execute("SELECT MAX(version) FROM qc_schema").fetchone()[0] or 0
-            if found > SCHEMA_VERSION:
-                raise FirmwareIOError(f"{self.name}: telemetry schema version {found} is newer than this "
-                                      f"qc-inspect's ({SCHEMA_VERSION}); upgrade qc-inspect to read it")
 
     def _execute(self, sql, args=()):
         return self.db.execute(sql, args)
@@ -284,7 +285,10 @@ class PostgresStore(Store):
             raise FirmwareIOError(f"{self.name}: cannot connect: {str(exc).strip().splitlines()[-1]}") from None
         self._error = psycopg.Error
         try:
-            self._migrate(_tables("DOUBLE PRECISION", "BYTEA", "JSONB"), extra=self._timescale)
+            if read_only:  # qc report and qc fleet: a reader's role need not create anything
+                self._check()
+            else:
+                self._migrate(_tables("DOUBLE PRECISION", "BYTEA", "JSONB"), extra=self._timescale)
             self.db.commit()
         except psycopg.Error as exc:
             self.db.rollback()
