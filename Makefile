@@ -9,7 +9,7 @@ PYTHON ?= python3
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,edge,plant,dev]'
+	$(PY) -m pip install --quiet -e '.[train,edge,plc,plant,dev]'
 	if pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; then \
 		$(PY) -m pip install --quiet -e '.[camera]'; \
 	else echo "note: no libgirepository1.0-dev/libcairo2-dev: Aravis and GStreamer cameras left out (see .ci/run)"; fi
@@ -29,6 +29,8 @@ bench: $(STAMP)
 	QC_BENCH_SAVE=1 $(PY) -m bench.export
 	$(VENV)/bin/qc demo --out bench-output/demo > /dev/null
 	QC_BENCH_SAVE=1 $(VENV)/bin/qc bench --bundle bench-output/demo/bundle
+	QC_BENCH_SAVE=1 $(VENV)/bin/qc bench --bundle bench-output/demo/bundle --station
+	QC_BENCH_SAVE=1 $(VENV)/bin/qc bench --bundle bench-output/demo/bundle --plc
 	QC_BENCH_SAVE=1 $(PY) -m bench.faults --bundle bench-output/demo/bundle
 	QC_BENCH_SAVE=1 $(PY) -m bench.train_quality
 	$(PY) -m bench.docs

@@ -186,12 +186,21 @@ def _faults(r):
             "every part decided exactly once, 0 accepted events lost, 0 crashes")
 
 
-def _station(r):
+def _beside(r, serving: str, off: str, them: str):
     c, lat = r["capacity_per_s"], r["latency_ms"]
-    return (f"station serving a client polling state and frame at {r['poll_hz']:g} Hz: {c['on']} parts/s "
-            f"({r['capacity_on_vs_off']} x), latency p99 {lat['on']['p99']} ms",
-            f"station off: {c['off']} parts/s, latency p99 {lat['off']['p99']} ms",
-            f"capacity with the station at least {r['target']} x without")
+    return (f"{serving}: {c['on']} parts/s ({r['capacity_on_vs_off']} x), latency p99 {lat['on']['p99']} ms",
+            f"{off}: {c['off']} parts/s, latency p99 {lat['off']['p99']} ms",
+            f"capacity with {them} at least {r['target']} x without")
+
+
+def _station(r):
+    return _beside(r, f"station serving a client polling state and frame at {r['poll_hz']:g} Hz", "station off",
+                   "the station")
+
+
+def _plc(r):
+    return _beside(r, f"OPC UA and Modbus TCP servers, each polled by a client at {r['poll_hz']:g} Hz (polls "
+                   f"answered: {r['polls_answered']})", "servers off", "the servers")
 
 
 def _wheels(r):
@@ -207,7 +216,7 @@ FORMAT = {"synth": _synth, "reject_timing": _reject_timing, "telemetry": _teleme
           "train_quality": _train_quality, "default_backbone": _default_backbone, "edge_pipeline": _edge_pipeline,
           "any_dataset": _any_dataset, "good_only": _good_only, "collector": _collector,
           "camera_aravis": _camera,
-          "wheels": _wheels, "faults": _faults, "station": _station}
+          "wheels": _wheels, "faults": _faults, "station": _station, "plc": _plc}
 
 
 def render(results: list[dict]) -> str:

@@ -48,23 +48,31 @@ def _station_with_a_client(runtime):
 _station_with_a_client.polls = []
 
 
-def run_station_benchmark(bundle_path: Path, seconds: float = 5.0, warmup: float = 1.0) -> dict:
+def beside_vs_off(bundle_path: Path, beside, seconds: float, warmup: float) -> tuple[dict, dict, float]:
+    """Pipeline capacity with `beside(runtime)` serving next to it against without, off, on, off, on in one
+    run: (the runs, their mean parts/s, on / off)."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = _frames(Path(tmp), 32)
         blobs = [np.fromfile(p, np.uint8) for p in paths]
         cfg = validate_config({"bundle": str(bundle_path), "store": {"dir": None}, "reload_watch": False,
                                "stats_interval_s": 3600, "source": {"kind": "folder", "path": tmp},
                                "gpio": {"gate": {"delay_ms": 100, "pulse_ms": 1, "min_gap_ms": 0}}})
-        _station_with_a_client.polls.clear()
         runs = {"off": [], "on": []}
         for which in ("off", "on", "off", "on"):
-            beside = _station_with_a_client if which == "on" else None
-            runs[which].append(_pipeline(cfg, _Line(blobs), seconds, warmup, beside))
+            runs[which].append(_pipeline(cfg, _Line(blobs), seconds, warmup, beside if which == "on" else None))
     mean = {k: float(np.mean([r["inspected_per_s"] for r in v])) for k, v in runs.items()}
-    ratio = round(mean["on"] / mean["off"], 3)
+    return runs, mean, round(mean["on"] / mean["off"], 3)
+
+
+def latencies(runs: dict) -> dict:
+    return {k: {"p50": [r["latency_p50_ms"] for r in v], "p99": [r["latency_p99_ms"] for r in v]}
+            for k, v in runs.items()}
+
+
+def run_station_benchmark(bundle_path: Path, seconds: float = 5.0, warmup: float = 1.0) -> dict:
+    _station_with_a_client.polls.clear()
+    runs, mean, ratio = beside_vs_off(bundle_path, _station_with_a_client, seconds, warmup)
     return {"benchmark": "station", "bundle": str(bundle_path), "poll_hz": POLL_HZ, "seconds": seconds,
-            "capacity_per_s": {k: round(v, 1) for k, v in mean.items()},
-            "latency_ms": {k: {"p50": [r["latency_p50_ms"] for r in v], "p99": [r["latency_p99_ms"] for r in v]}
-                           for k, v in runs.items()},
+            "capacity_per_s": {k: round(v, 1) for k, v in mean.items()}, "latency_ms": latencies(runs),
             "polls_answered": _station_with_a_client.polls,
             "capacity_on_vs_off": ratio, "target": TARGET, "meets_target": ratio >= TARGET}

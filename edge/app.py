@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from edge.config import EdgeConfig
+from edge.errors import EdgeError
 from edge.pipeline import LineIO, Runtime
 from edge.sources import LiveSource, make_source
 from edge.store import RejectStore
@@ -17,7 +18,7 @@ from firmware_io.errors import QCError
 from firmware_io.gpio import Encoder, PartSensor, RealClock, RejectGate, StackLight, make_backend
 from firmware_io.gpio.plc import PLCHandshake
 
-__all__ = ["build_runtime", "start_station"]
+__all__ = ["build_runtime", "plc_servers", "start_servers"]
 
 STARTUP_ALARM_WAIT_S = 5.0  # how long a failed start waits for the broker to take its alarm
 
@@ -75,13 +76,43 @@ def _wire(cfg: EdgeConfig, telemetry: Telemetry, gpio, clock, source) -> Runtime
     return runtime
 
 
-def start_station(runtime: Runtime, cfg: EdgeConfig):
-    """The operator's station beside the runtime (`web:`), or None when it is off. A port in use, or an open
-    bind address without operator tokens, is a start-up error."""
-    if not cfg.web.enabled:
-        return None
-    from edge.station import Station, load_operators
+def plc_servers(cfg: EdgeConfig) -> list:
+    """How to make each PLC server the config enables, from a LineView; a missing plc extra or an unreadable
+    OPC UA users file is an EdgeError that names it."""
+    try:
+        from edge.plc.modbus import ModbusServer
+        from edge.plc.opcua import OpcUaServer, load_opcua_users
+    except ImportError as exc:
+        raise EdgeError(f"opcua/modbus need the plc extra ({exc}): pip install 'qc-inspect[plc]'") from None
+    makers = []
+    if cfg.opcua.enabled:
+        users = load_opcua_users(cfg.opcua.users_file)
+        makers.append(lambda view: OpcUaServer(view, cfg.opcua, users))
+    if cfg.modbus.enabled:
+        makers.append(lambda view: ModbusServer(view, cfg.modbus))
+    return makers
 
-    station = Station(runtime, cfg.web, load_operators(cfg.web.operators_file)).start()
-    print(f"[qc] station on {station.url}", file=sys.stderr, flush=True)
-    return station
+
+def start_servers(runtime: Runtime, cfg: EdgeConfig) -> list:
+    """What serves beside the runtime, started: the operator's station (`web:`), OPC UA (`opcua:`) and Modbus
+    TCP (`modbus:`), each in a thread of its own and each with `stop()`. A port in use, an open bind address
+    without operator tokens, or OPC UA without users is a start-up error, and what had started is stopped."""
+    started = []
+    try:
+        if cfg.web.enabled:
+            from edge.station import Station, load_operators
+
+            started.append(Station(runtime, cfg.web, load_operators(cfg.web.operators_file)).start())
+            print(f"[qc] station on {started[-1].url}", file=sys.stderr, flush=True)
+        if cfg.opcua.enabled or cfg.modbus.enabled:
+            from edge.plc import LineView
+
+            view = LineView(runtime)
+            for make in plc_servers(cfg):
+                started.append(make(view).start())
+                print(f"[qc] {started[-1].name} on {started[-1].url}", file=sys.stderr, flush=True)
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    return started

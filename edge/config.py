@@ -5,6 +5,7 @@ Loading YAML is separate from validating; a typo names the key. `deploy/edge.exa
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -113,6 +114,29 @@ class WebConfig(Strict):
     feed_hz: float = Field(2.0, gt=0, le=10, description="live page updates and frames per second, at most")
 
 
+class OpcUaConfig(Strict):
+    enabled: bool = Field(False, description="serve the OPC UA server from `qc run` (asyncua, the plc extra)")
+    bind: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(4840, ge=0, le=65535, description="TCP port (0: any free one)")
+    users_file: Path | None = Field(None, description="users, one `name sha256-of-password` per line (qc opcua user "
+                                    "NAME makes one); QC_OPCUA_PASSWORD in the environment is the user QC_OPCUA_USER "
+                                    "(default plc)")
+    anonymous: bool = Field(False, description="let clients in without a user, to browse, read and subscribe only")
+    pki_dir: Path = Field(Path("opcua"), description="the server's certificate and key (made on first start), "
+                          "trusted/ client certificates, and rejected/ where unknown ones are kept for review")
+    update_ms: float = Field(100.0, ge=10, le=10000, description="how often the address space follows the line")
+
+
+class ModbusConfig(Strict):
+    enabled: bool = Field(False, description="serve Modbus TCP from `qc run` (pymodbus, the plc extra)")
+    bind: str = Field("127.0.0.1", description="address to listen on; Modbus has no passwords: keep it on loopback "
+                      "or the PLC's own network, and name the PLC in `allow`")
+    port: int = Field(5020, ge=0, le=65535, description="TCP port (0: any free one; 502 needs "
+                      "CAP_NET_BIND_SERVICE)")
+    allow: list[str] = Field(default_factory=list, description="client addresses or networks (10.0.0.5, "
+                             "10.0.0.0/24) that may connect; empty: any that reach the bind address")
+
+
 RECIPE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
@@ -152,6 +176,8 @@ class EdgeConfig(Strict):
     gpio: GPIOConfig = Field(default_factory=GPIOConfig)
     mqtt: MQTTConfig = Field(default_factory=lambda: MQTTConfig(enabled=False))
     web: WebConfig = Field(default_factory=WebConfig)
+    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig)
+    modbus: ModbusConfig = Field(default_factory=ModbusConfig)
     recipes: dict[str, RecipeConfig] = Field(default_factory=dict, description="products by name; a `recipe` "
                                              "command (MQTT, the station, a PLC) changes over between parts")
     recipe: str | None = Field(None, description="the recipe the box starts with (None: `bundle` and the settings "
@@ -170,6 +196,11 @@ def validate_config(values: dict, source: str = "config") -> EdgeConfig:
         raise EdgeError(f"{source}: trigger.mode camera needs source.kind aravis (a camera with a trigger input)")
     if cfg.source.kind == "gstreamer" and not cfg.source.pipeline.strip():
         raise EdgeError(f"{source}: source.kind gstreamer needs source.pipeline")
+    for net in cfg.modbus.allow:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise EdgeError(f"{source}: modbus.allow {net!r} is not an address or a network") from None
     _check_recipes(cfg, source)
     return cfg
 

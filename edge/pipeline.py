@@ -9,6 +9,7 @@ rejected fail-safe with its reason, unless the config passes such parts on purpo
 from __future__ import annotations
 
 import gc
+import itertools
 import queue
 import re
 import sys
@@ -153,9 +154,9 @@ class Runtime:
         self.recent_alarms: deque[dict] = deque(maxlen=50)  # for the station's page
         self.latest: tuple[Frame, dict] | None = None  # the last part decided, in capture order (the station)
         self.started = time.time()
-        self.model = self.load_model(cfg.bundle) if cfg.recipe is None else self.recipe_model(cfg.recipe)
+        self._alarm_n = itertools.count(1)  # numbers each alarm (its "n"): the OPC UA server tells each one once
         self.telemetry = telemetry
-        telemetry.info(self.inventory())
+        self.model = self.load_model(cfg.bundle) if cfg.recipe is None else self.recipe_model(cfg.recipe)
         self.stats = Stats()
         self.boot = uuid.uuid4().hex[:8]
         self.gpio, self.clock, self.gate, self.light, self.encoder = (line.gpio, line.clock, line.gate, line.light,
@@ -199,8 +200,7 @@ class Runtime:
     def model(self, model: Model) -> None:
         self._model = model  # one reference: a worker takes model and threshold together with its next part
         self.metrics.running(model.bundle.name, model.bundle.sha256, model.threshold)
-        if hasattr(self, "telemetry"):  # the fleet hears of every model and threshold a box runs
-            self.telemetry.info(self.inventory())
+        self.telemetry.info(self.inventory())  # the fleet hears of every model and threshold a box runs
 
     def inventory(self) -> dict:
         """What this box is and runs: published retained as `<prefix>/info` for the plant's fleet view."""
@@ -209,6 +209,14 @@ class Runtime:
                 "bundle": {"name": m.bundle.name, "sha256": m.bundle.sha256}, "threshold": m.threshold,
                 "backend": m.classifiers[0].name, "camera": self.cfg.source.kind, "started": self.started,
                 "recipe": m.recipe}
+
+    @property
+    def state(self) -> str:
+        """running, paused (by command: parts are decided fail-safe), or fault (not running, a worker stuck, or
+        a free-running camera silent)."""
+        if not self.running.is_set() or self.stop_event.is_set() or self._stuck or self._stalled:
+            return "fault"
+        return "paused" if self.paused.is_set() else "running"
 
     def _outside_counts(self) -> dict:
         """What /metrics reads from the gate, the spool and the camera when scraped."""
@@ -280,7 +288,7 @@ class Runtime:
     def alarm(self, kind: str, message: str, **extra) -> None:
         self.stats.count(f"alarm_{kind}")
         self.metrics.alarm(kind)
-        self.recent_alarms.append({"kind": kind, "message": message, "ts": time.time()})
+        self.recent_alarms.append({"kind": kind, "message": message, "ts": time.time(), "n": next(self._alarm_n)})
         self._tell(self.telemetry.alarm, kind, message, **extra)
         if kind != "late":
             self.light.set("warning")
@@ -563,9 +571,9 @@ class Runtime:
             raise EdgeError(f"no bundle {name!r} in bundles_dir {root}")
         return path
 
-    def command(self, name: str, payload: dict) -> dict:
-        """Commands from telemetry and the station: threshold, pause, resume, reload, recipe, snapshot. Validated;
-        never raises."""
+    def command(self, name: str, payload: dict, by: str = "command") -> dict:
+        """Commands from telemetry, the station, OPC UA and Modbus (`by` says which): threshold, pause, resume,
+        reload, recipe, snapshot. Validated; never raises."""
         if name == "threshold":
             value = payload.get("value")
             lo, hi = self.cfg.mqtt.threshold_limits
@@ -582,7 +590,7 @@ class Runtime:
         if name == "recipe":
             if set(payload) != {"name"} or not isinstance(payload["name"], str):
                 return {"ok": False, "error": "recipe takes {\"name\": a recipe's name}"}
-            return self.change_recipe(payload["name"])
+            return self.change_recipe(payload["name"], by)
         if name == "pause":
             self.paused.set()
             self.light.set("warning")

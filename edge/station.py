@@ -20,11 +20,8 @@ sha256 in constant time. No request names a file: images are served by a stem fr
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import json
-import os
 import socket
 import threading
 import time
@@ -40,6 +37,7 @@ from starlette.routing import Route
 
 from edge.config import WebConfig
 from edge.errors import EdgeError
+from edge.users import find_user, load_users, secret_line
 
 __all__ = ["Station", "load_operators", "token_line"]
 
@@ -48,33 +46,14 @@ MAX_BODY = 4096
 TOKEN_ENV = "QC_WEB_TOKEN"
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def token_line(name: str, token: str) -> str:
     """An operators_file line: the name and the token's sha256 (the token itself is never stored)."""
-    return f"{name} {_digest(token)}"
+    return secret_line(name, token)
 
 
 def load_operators(path: Path | None) -> dict[str, str]:
     """{name: sha256 of the token} from web.operators_file, and `admin` from QC_WEB_TOKEN."""
-    operators = {}
-    if path is not None:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as exc:
-            raise EdgeError(f"web.operators_file {path}: cannot be read ({exc.strerror})") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 2 or len(parts[1]) != 64:
-                raise EdgeError(f"web.operators_file {path} line {n}: not `name sha256-of-token`")
-            operators[parts[0]] = parts[1].lower()
-    if os.environ.get(TOKEN_ENV):
-        operators["admin"] = _digest(os.environ[TOKEN_ENV])
-    return operators
+    return load_users(path, "web.operators_file", TOKEN_ENV, "admin")
 
 
 class Station:
@@ -135,14 +114,7 @@ class Station:
 
     def _operator(self, request: Request) -> str | None:
         header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer "):
-            return None
-        digest = _digest(header[7:].strip())
-        found = None
-        for name, expected in self.operators.items():  # every one compared: the time does not say which matched
-            if hmac.compare_digest(digest, expected):
-                found = name
-        return found
+        return find_user(self.operators, header[7:].strip()) if header.startswith("Bearer ") else None
 
     async def _body(self, request: Request) -> dict | Response:
         if int(request.headers.get("content-length") or 0) > MAX_BODY:

@@ -33,6 +33,11 @@ class Stats:
         with self._lock:
             self.counts[key] += n
 
+    def totals(self) -> dict[str, int]:
+        """The raw counts (decision.pass, reason.ok, parts, ...), without the latency work of a snapshot."""
+        with self._lock:
+            return dict(self.counts)
+
     def snapshot(self) -> dict:
         with self._lock:
             done = list(self._done)

@@ -56,7 +56,7 @@ def _gallery(store: Path, limit: int = 48) -> str:
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
-    from edge.app import build_runtime, start_station
+    from edge.app import build_runtime, start_servers
     from edge.config import validate_config
     from firmware_io.mqtt.broker import EmbeddedBroker, free_port
     from firmware_io.mqtt.collector import Collector
@@ -116,7 +116,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 1) -> dict:
             "mqtt": mqtt_cfg.model_dump() | {"enabled": True}, "web": {"port": 0}})
         events_path = out / "events.jsonl"
         runtime = build_runtime(cfg, events=events_path)
-        station = start_station(runtime, cfg)
+        station, = start_servers(runtime, cfg)
         stack.callback(station.stop)
         print(f"the live station while the conveyor runs: {station.url}", flush=True)
         final = runtime.run()

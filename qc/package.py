@@ -28,7 +28,8 @@ class Box(NamedTuple):
 
 
 # Pi OS bookworm: Python 3.11, glibc 2.36. JetPack 6 (Ubuntu 22.04): Python 3.10, glibc 2.35. host: this machine.
-BOXES = {"pi": Box("3.11", 36, "edge,pi"), "jetson": Box("3.10", 35, "edge,jetson"), "host": Box(None, None, "edge")}
+BOXES = {"pi": Box("3.11", 36, "edge,plc,pi"), "jetson": Box("3.10", 35, "edge,plc,jetson"),
+         "host": Box(None, None, "edge,plc")}
 
 
 def platforms(glibc_minor: int) -> list[str]:

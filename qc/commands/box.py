@@ -50,18 +50,23 @@ def edge_config(a):
 def run(a):
     import signal
 
-    from edge.app import build_runtime, start_station
+    from edge.app import build_runtime, start_servers
 
     cfg = edge_config(a)
     runtime = build_runtime(cfg, events=a.events)
-    station = start_station(runtime, cfg)
+    try:
+        servers = start_servers(runtime, cfg)
+    except Exception as exc:  # a port in use, no OPC UA users: said where telemetry reaches, then exit 2
+        runtime.telemetry.alarm("startup_failed", str(exc))
+        runtime.telemetry.close()
+        raise
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.stop_event.set())
     try:
         return runtime.run(duration=a.duration, max_parts=a.max_parts)
     finally:
-        if station is not None:
-            station.stop()
+        for server in servers:
+            server.stop()
 
 
 def _config_args(p):
@@ -95,7 +100,12 @@ def config(a):
     for key in ("ca_file", "cert_file", "key_file", "password_file") if m.enabled else ():
         if (file := getattr(m, key)) is not None and not Path(file).is_file():
             raise EdgeError(f"{a.file}: mqtt.{key} {file}: no such file")
-    folders = {"store.dir": cfg.store.dir, "mqtt.spool_path": m.spool_path.parent if m.enabled else None}
+    folders = {"store.dir": cfg.store.dir, "mqtt.spool_path": m.spool_path.parent if m.enabled else None,
+               "opcua.pki_dir": cfg.opcua.pki_dir if cfg.opcua.enabled else None}
+    if cfg.opcua.enabled or cfg.modbus.enabled:
+        from edge.app import plc_servers
+
+        plc_servers(cfg)  # the plc extra installed, the OPC UA users file readable
     for key, folder in folders.items():
         if folder is not None and not _writable(Path(folder)):
             raise EdgeError(f"{a.file}: {key} {folder}: not writable by this user")
@@ -133,6 +143,8 @@ def _bench_args(p):
     p.add_argument("--camera", help="with --source aravis: a camera id from `qc cameras`")
     p.add_argument("--station", action="store_true", help="with --bundle: capacity with the station serving a "
                    "client that polls it at 5 Hz, against the station off")
+    p.add_argument("--plc", action="store_true", help="with --bundle: capacity with the OPC UA and Modbus servers "
+                   "each polled by a client at 10 Hz, against both off")
     p.add_argument("--frames", type=int, default=200, help="frames per stage measurement")
     p.add_argument("--threads", type=int, help="LiteRT CPU threads per interpreter (default: as qc run)")
     p.add_argument("--workers", type=int, help="pipeline workers (default: as qc run)")
@@ -160,10 +172,28 @@ def bench(a):
         from bench.station import run_station_benchmark
 
         emit(run_station_benchmark(a.bundle, seconds=a.seconds), command)
+    elif a.plc:
+        from bench.plc import run_plc_benchmark
+
+        emit(run_plc_benchmark(a.bundle, seconds=a.seconds), command)
     else:
         from bench.edge_pipeline import run_benchmark
 
         emit(run_benchmark(a.bundle, a.frames, a.threads, a.seconds, a.workers), command)
+
+
+def _secret(name: str, what: str) -> tuple[str, str]:
+    """A new random secret for `name`, and its users-file line (which keeps only its sha256)."""
+    import re
+    import secrets
+
+    from edge.errors import EdgeError
+    from edge.users import secret_line
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise EdgeError(f"{what} name {name!r}: letters, digits, _ . - only")
+    secret = secrets.token_urlsafe(24)
+    return secret, secret_line(name, secret)
 
 
 def _station_args(p):
@@ -174,13 +204,17 @@ def _station_args(p):
 @command("station", "make an operator's token for the station's controls and review: prints the token (for the "
          "operator) and the line for web.operators_file (which keeps only its sha256)", _station_args)
 def station(a):
-    import re
-    import secrets
+    token, line = _secret(a.name, "operator")
+    return {"operator": a.name, "token": token, "operators_file_line": line}
 
-    from edge.errors import EdgeError
-    from edge.station import token_line
 
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", a.name):
-        raise EdgeError(f"operator name {a.name!r}: letters, digits, _ . - only")
-    token = secrets.token_urlsafe(24)
-    return {"operator": a.name, "token": token, "operators_file_line": token_line(a.name, token)}
+def _opcua_args(p):
+    p.add_argument("action", choices=["user"], help="user: a new OPC UA user with a random password")
+    p.add_argument("name", help="the user name the PLC or SCADA client logs in with")
+
+
+@command("opcua", "make an OPC UA user: prints the password (for the PLC's or SCADA's connection settings) and the "
+         "line for opcua.users_file (which keeps only its sha256)", _opcua_args)
+def opcua(a):
+    password, line = _secret(a.name, "user")
+    return {"user": a.name, "password": password, "users_file_line": line}
