@@ -199,8 +199,14 @@ def _station(r):
 
 
 def _plc(r):
-    return _beside(r, f"OPC UA and Modbus TCP servers, each polled by a client at {r['poll_hz']:g} Hz (polls "
-                   f"answered: {r['polls_answered']})", "servers off", "the servers")
+    cpu = {k: 100 * sum(p["cpu_share"][k] for p in r["polls_answered"]) / len(r["polls_answered"])
+           for k in ("opcua", "modbus", "plc_process")}
+    polled = ", ".join(f"{p['opcua']}/{p['modbus']}" for p in r["polls_answered"])
+    return _beside(r, f"OPC UA and Modbus TCP servers, each polled at {r['poll_hz']:g} Hz by a client in a process "
+                   f"of its own (polls answered per run, OPC UA/Modbus: {polled}); CPU, % of one core: OPC UA "
+                   f"server {cpu['opcua']:.1f}, Modbus server {cpu['modbus']:.1f}, the clients {cpu['plc_process']:.1f}; "
+                   f"parts/s per run on {r['capacity_per_run']['on']}, off {r['capacity_per_run']['off']}",
+                   "servers off", "the servers")
 
 
 def _wheels(r):

@@ -48,9 +48,9 @@ def _station_with_a_client(runtime):
 _station_with_a_client.polls = []
 
 
-def beside_vs_off(bundle_path: Path, beside, seconds: float, warmup: float) -> tuple[dict, dict, float]:
-    """Pipeline capacity with `beside(runtime)` serving next to it against without, off, on, off, on in one
-    run: (the runs, their mean parts/s, on / off)."""
+def beside_vs_off(bundle_path: Path, beside, seconds: float, warmup: float, rounds: int = 2) -> tuple[dict, dict, float]:
+    """Pipeline capacity with `beside(runtime)` serving next to it against without, off then on `rounds`
+    times in one run: (the runs, their mean parts/s, on / off)."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = _frames(Path(tmp), 32)
         blobs = [np.fromfile(p, np.uint8) for p in paths]
@@ -58,21 +58,23 @@ def beside_vs_off(bundle_path: Path, beside, seconds: float, warmup: float) -> t
                                "stats_interval_s": 3600, "source": {"kind": "folder", "path": tmp},
                                "gpio": {"gate": {"delay_ms": 100, "pulse_ms": 1, "min_gap_ms": 0}}})
         runs = {"off": [], "on": []}
-        for which in ("off", "on", "off", "on"):
+        for which in ("off", "on") * rounds:
             runs[which].append(_pipeline(cfg, _Line(blobs), seconds, warmup, beside if which == "on" else None))
     mean = {k: float(np.mean([r["inspected_per_s"] for r in v])) for k, v in runs.items()}
     return runs, mean, round(mean["on"] / mean["off"], 3)
 
 
-def latencies(runs: dict) -> dict:
-    return {k: {"p50": [r["latency_p50_ms"] for r in v], "p99": [r["latency_p99_ms"] for r in v]}
-            for k, v in runs.items()}
+def per_run(runs: dict) -> dict:
+    """Each run's parts/s and latency percentiles, in the order run."""
+    return {"capacity_per_run": {k: [r["inspected_per_s"] for r in v] for k, v in runs.items()},
+            "latency_ms": {k: {"p50": [r["latency_p50_ms"] for r in v], "p99": [r["latency_p99_ms"] for r in v]}
+                           for k, v in runs.items()}}
 
 
 def run_station_benchmark(bundle_path: Path, seconds: float = 5.0, warmup: float = 1.0) -> dict:
     _station_with_a_client.polls.clear()
     runs, mean, ratio = beside_vs_off(bundle_path, _station_with_a_client, seconds, warmup)
     return {"benchmark": "station", "bundle": str(bundle_path), "poll_hz": POLL_HZ, "seconds": seconds,
-            "capacity_per_s": {k: round(v, 1) for k, v in mean.items()}, "latency_ms": latencies(runs),
+            "capacity_per_s": {k: round(v, 1) for k, v in mean.items()}, **per_run(runs),
             "polls_answered": _station_with_a_client.polls,
             "capacity_on_vs_off": ratio, "target": TARGET, "meets_target": ratio >= TARGET}

@@ -108,6 +108,7 @@ class BesideServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self.thread: threading.Thread | None = None
+        self.native_id: int | None = None
 
     def start(self):
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), name=self.name, daemon=True)
@@ -121,6 +122,7 @@ class BesideServer:
 
     async def _main(self) -> None:
         self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+        self.native_id = threading.get_native_id()  # the thread's id for the OS (bench.plc reads its CPU time)
         try:
             await self._open()
         except Exception as exc:
