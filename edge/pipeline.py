@@ -212,10 +212,12 @@ class Runtime:
 
     @property
     def state(self) -> str:
-        """running, paused (by command: parts are decided fail-safe), or fault (not running, a worker stuck, or
-        a free-running camera silent)."""
-        if not self.running.is_set() or self.stop_event.is_set() or self._stuck or self._stalled:
+        """starting (built, not yet running), running, paused (by command: parts are decided fail-safe), or
+        fault (stopped, a worker stuck, or a free-running camera silent)."""
+        if self.stop_event.is_set() or self._stuck or self._stalled:
             return "fault"
+        if not self.running.is_set():
+            return "starting"
         return "paused" if self.paused.is_set() else "running"
 
     def _outside_counts(self) -> dict:

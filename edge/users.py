@@ -48,6 +48,6 @@ def find_user(users: dict[str, str], secret: str, name: str | None = None) -> st
     constant time: how long it takes does not say which matched."""
     found, given = None, digest(secret)
     for user, expected in users.items():
-        if hmac.compare_digest(given, expected) and (name is None or hmac.compare_digest(user, name)):
+        if hmac.compare_digest(given, expected) and (name is None or hmac.compare_digest(user.encode(), name.encode())):
             found = user
     return found

@@ -19,8 +19,8 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 @pytest.mark.parametrize("name", ["edge.example.yaml", "pi.yaml", "jetson.yaml", "coral.yaml", "gige.yaml", "plc.yaml"])
 def test_example_configs_are_valid(name, bundle_dir, capsys):
-    """Valid everywhere; where what it names exists only on the box (Picamera2 off a Pi, the CA file, /var/lib/qc
-    for a user who is not root), the one error names it (and what to install)."""
+    """Valid everywhere; where what it names exists only on the box (Picamera2 off a Pi, the CA file, the OPC UA
+    users file, /var/lib/qc for a user who is not root), the one error names it (and what to install)."""
     code, out = main(["config", "check", str(DEPLOY / name), "--bundle", str(bundle_dir)]), capsys.readouterr()
     kind = load_config(DEPLOY / name).source.kind
     if code == 0:
@@ -29,6 +29,7 @@ def test_example_configs_are_valid(name, bundle_dir, capsys):
         assert code == 2 and len(out.err.splitlines()) == 1, out.err
         assert (f"source.kind {kind} needs" in out.err and "apt install" in out.err
                 or "mqtt.ca_file /etc/qc/ca.pem: no such file" in out.err
+                or "opcua.users_file /etc/qc/opcua-users: cannot be read" in out.err
                 or "/var/lib/qc" in out.err and "not writable" in out.err), out.err
 
 

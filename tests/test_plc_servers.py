@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
+from edge.app import start_servers
 from edge.errors import QCError
 from edge.plc import REASON_CODES, LineView
 from edge.plc.modbus import HOLDING, INPUT, INPUT_SIZE, MIRROR, ModbusServer
@@ -140,8 +141,9 @@ def test_an_opcua_client_browses_reads_subscribes_and_changes_over_through_the_c
             assert await _read(client, "RecipeManagement.CurrentRecipe") == "ribbed"  # when the call returns
             assert await _read(client, "RecipeManagement.CurrentRecipeIndex") == 2
             assert rt.model.recipe == "ribbed" and rt.bundle.name == "ribbed"
-            ok, message = await _call(client, "RecipeManagement", "PrepareRecipe", "dented")
-            assert not ok and "no recipe 'dented'" in message and rt.model.recipe == "ribbed"
+            for name in ("dented", "../plain", str(rt.model.path)):  # a recipe's name, never a file
+                ok, message = await _call(client, "RecipeManagement", "PrepareRecipe", name)
+                assert not ok and f"no recipe {name!r}" in message and rt.model.recipe == "ribbed"
             ok, message = await _call(client, "RecipeManagement", "PrepareRecipe", "broken")
             assert not ok and rt.model.recipe == "ribbed"
             for _ in range(50):
@@ -185,6 +187,7 @@ def test_opcua_refuses_a_client_without_credentials_security_or_a_trusted_certif
         await refused(cert=cert, key=key, uri=uri, user=None)  # anonymous: not offered
         await refused(cert=cert, key=key, uri=uri, password="guess")
         await refused(cert=cert, key=key, uri=uri, user="bob", password="alice-secret")  # another's password
+        await refused(cert=cert, key=key, uri=uri, user="alïce", password="alice-secret")
         await refused(cert=cert, key=key, uri=uri, secure=False)  # no encryption: no such endpoint
         await refused(cert=other, key=other_key, uri=other_uri)  # right password, untrusted certificate
         kept = list((tmp_path / "pki" / "rejected").iterdir())
@@ -230,6 +233,10 @@ def test_opcua_start_up_errors_name_the_setting(line, tmp_path, monkeypatch):
     cfg = rt.cfg.opcua.model_copy(update={"enabled": True, "port": 0, "pki_dir": tmp_path / "pki"})
     with pytest.raises(QCError, match="no users: set opcua.users_file or QC_OPCUA_PASSWORD"):
         OpcUaServer(LineView(rt), cfg, {}).start()
+    whole = rt.cfg.model_copy(update={"opcua": cfg, "web": rt.cfg.web.model_copy(update={"port": 0})})
+    with pytest.raises(QCError, match="no users"):
+        start_servers(rt, whole)  # the station it had started is stopped again
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name == "station"], timeout=10)
     monkeypatch.setenv("QC_OPCUA_PASSWORD", "from-env")
     assert set(load_opcua_users(None)) == {"plc"}
     with socket.socket() as busy:

@@ -131,6 +131,7 @@ class OpcUaServer(BesideServer):
             raise ValueError(f"opcua.port {self.cfg.port} on {self.cfg.bind}: {exc.strerror or exc}") from None
         self.server = server
         self.port = server.bserver.port
+        self._updating = asyncio.Lock()
         await self._update()
 
     @property
@@ -238,6 +239,10 @@ class OpcUaServer(BesideServer):
             ua.Variant(value, self._types[path]), SourceTimestamp=now, ServerTimestamp=now))
 
     async def _update(self) -> None:
+        async with self._updating:  # the loop's and a method's: one at a time
+            await self._follow()
+
+    async def _follow(self) -> None:
         v, rt, p = self.view, self.rt, "VisionSystem."
         model = rt.model
         index = v.recipe_index()
