@@ -227,7 +227,7 @@ def test_anonymous_opcua_when_allowed_reads_but_never_calls(line, tmp_path, monk
     assert not rt.paused.is_set()
 
 
-def test_opcua_start_up_errors_name_the_setting(line, tmp_path, monkeypatch):
+def test_start_up_errors_name_the_setting(line, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("QC_OPCUA_PASSWORD", raising=False)
     rt, tel = line
     cfg = rt.cfg.opcua.model_copy(update={"enabled": True, "port": 0, "pki_dir": tmp_path / "pki"})
@@ -243,8 +243,12 @@ def test_opcua_start_up_errors_name_the_setting(line, tmp_path, monkeypatch):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = cfg.model_copy(update={"port": busy.getsockname()[1]})
-        with pytest.raises(QCError, match=f"opcua: opcua.port {taken.port} on 127.0.0.1"):
+        with pytest.raises(QCError, match=f"opcua: opcua.port {taken.port} on 127.0.0.1: Address already in use"):
             OpcUaServer(LineView(rt), taken, load_opcua_users(None)).start()
+        modbus = rt.cfg.modbus.model_copy(update={"enabled": True, "port": taken.port})
+        with pytest.raises(QCError, match=f"modbus: modbus.port {taken.port} on 127.0.0.1: Address already in use"):
+            ModbusServer(LineView(rt), modbus).start()
+    assert not [r for r in caplog.records if r.exc_info]  # one line each, no library's traceback in the log
 
 
 # --- Modbus ---------------------------------------------------------------------------------------------

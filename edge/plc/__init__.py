@@ -7,13 +7,14 @@ Recipes are named, never a file: a recipe names a bundle in the one configured b
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import threading
 
 from edge.decision import REASONS
 from edge.errors import EdgeError
 
-__all__ = ["CHANGEOVER", "BesideServer", "LineView", "REASON_CODES", "STATES", "unix_ms"]
+__all__ = ["CHANGEOVER", "BesideServer", "LineView", "REASON_CODES", "STATES", "check_port", "unix_ms"]
 
 STATES = ("starting", "running", "paused", "fault")  # their index is the state's number
 REASON_CODES = tuple(REASONS)  # a reason's number is its place here: new reasons are only ever appended
@@ -153,6 +154,19 @@ class BesideServer:
 
     async def _close(self) -> None:
         pass
+
+
+def check_port(key: str, bind: str, port: int) -> None:
+    """Raise a one-line error naming `key` when the address cannot be bound (in use, a port below 1024 without
+    the capability, no such address), before a library tries and logs its own traceback."""
+    if port == 0:
+        return
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((bind, port))
+    except OSError as exc:
+        raise ValueError(f"{key} {port} on {bind}: {exc.strerror or exc}") from None
 
 
 def unix_ms(ts: float | None) -> tuple[int, int]:

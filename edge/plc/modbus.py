@@ -20,7 +20,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge.config import ModbusConfig
-from edge.plc import CHANGEOVER, REASON_CODES, STATES, BesideServer, LineView, unix_ms
+from edge.plc import CHANGEOVER, REASON_CODES, STATES, BesideServer, LineView, check_port, unix_ms
 
 __all__ = ["COMMANDS", "HOLDING", "INPUT", "MIRROR", "ModbusServer", "NONE"]
 
@@ -135,6 +135,7 @@ class ModbusServer(BesideServer):
                     return
                 super().connection_made(transport)
 
+        check_port("modbus.port", self.cfg.bind, self.cfg.port)
         server = ModbusTcpServer(self._device(), address=(self.cfg.bind, self.cfg.port))
         server.callback_new_connection = lambda: Handler(server, None, None, None)
         try:

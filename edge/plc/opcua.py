@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.config import OpcUaConfig
-from edge.plc import REASON_CODES, STATES, BesideServer, LineView
+from edge.plc import REASON_CODES, STATES, BesideServer, LineView, check_port
 from edge.users import find_user, load_users
 from firmware_io import VERSION
 
@@ -108,6 +108,7 @@ class OpcUaServer(BesideServer):
     async def _open(self) -> None:
         if not self.users and not self.cfg.anonymous:
             raise ValueError(f"no users: set opcua.users_file or {PASSWORD_ENV} (or opcua.anonymous, read only)")
+        check_port("opcua.port", self.cfg.bind, self.cfg.port)
         cert, key = self._pki()
         server = Server(user_manager=_Users(self.users, self.cfg.anonymous))
         await server.init()
