@@ -401,3 +401,23 @@ def test_qc_makes_opcua_users_and_checks_a_config_that_enables_the_servers(tmp_p
         capsys.readouterr()
         assert main(["config", "check", str(config)]) == 2
         assert re.search(error, capsys.readouterr().err)
+
+
+def test_qc_run_wiring_starts_the_enabled_servers_and_the_plc_bench_polls_them(line, bundle_dir):
+    rt, tel = line
+    cfg = rt.cfg.model_copy(update={"web": rt.cfg.web.model_copy(update={"enabled": False}),
+                                    "modbus": rt.cfg.modbus.model_copy(update={"enabled": True, "port": 0})})
+    servers = start_servers(rt, cfg)
+    try:
+        assert [s.name for s in servers] == ["modbus"]
+        with ModbusTcpClient("127.0.0.1", port=servers[0].port, timeout=5) as client:
+            assert _u32(_inputs(client), "state") == 1
+    finally:
+        for s in servers:
+            s.stop()
+
+    from bench.plc import run_plc_benchmark
+
+    r = run_plc_benchmark(bundle_dir, seconds=0.5, warmup=0.2, rounds=1)
+    assert len(r["polls_answered"]) == 1 and min(r["polls_answered"][0][k] for k in ("opcua", "modbus")) > 0
+    assert r["capacity_on_vs_off"] == pytest.approx(r["capacity_per_s"]["on"] / r["capacity_per_s"]["off"], abs=0.02)
