@@ -129,10 +129,9 @@ def test_an_opcua_client_browses_reads_subscribes_and_changes_over_through_the_c
                 await asyncio.sleep(0.1)
             assert len(set(seen)) >= 4 and seen[1:] == sorted(seen[1:])  # parts, in capture order
 
-            parts = await _read(client, "ResultManagement.Counters.Parts")
-            reasons = [await _read(client, f"ResultManagement.Counters.Reason_{r}") for r in REASON_CODES]
-            passed = await _read(client, "ResultManagement.Counters.Passed")
-            rejected = await _read(client, "ResultManagement.Counters.Rejected")
+            counters = [await _node(client, f"{VS}ResultManagement.Counters.{n}") for n in
+                        ("Parts", "Passed", "Rejected", *(f"Reason_{r}" for r in REASON_CODES))]
+            parts, passed, rejected, *reasons = await client.read_values(counters)  # one Read: one moment
             assert parts > 0 and passed + rejected == parts == sum(reasons)
             assert parts <= rt.stats.totals()["parts"]  # the line's own count, read after
 

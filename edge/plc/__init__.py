@@ -37,9 +37,8 @@ class LineView:
                 **{r: c.get(f"reason.{r}", 0) for r in REASON_CODES}}
 
     def counters(self) -> dict[str, int]:
-        raw = self._raw()
-        with self._lock:
-            return {k: v - self._base.get(k, 0) for k, v in raw.items()}
+        with self._lock:  # read with the baseline: a reset in between cannot make a count negative
+            return {k: v - self._base.get(k, 0) for k, v in self._raw().items()}
 
     def reset_counters(self, by: str) -> dict:
         with self._lock:

@@ -129,8 +129,9 @@ class ModbusServer(BesideServer):
 
         class Handler(ServerRequestHandler):
             def connection_made(self, transport):
-                peer = transport.get_extra_info("peername")
-                if allow and not any(ipaddress.ip_address(peer[0]) in net for net in allow):
+                peer = ipaddress.ip_address(transport.get_extra_info("peername")[0].split("%")[0])
+                peer = getattr(peer, "ipv4_mapped", None) or peer  # an IPv4 PLC on a dual-stack bind
+                if allow and not any(peer in net for net in allow):
                     transport.close()  # not a PLC this box was told about
                     return
                 super().connection_made(transport)

@@ -221,11 +221,15 @@ class OpcUaServer(BesideServer):
     # --- following the line ---
 
     async def _serve(self, stopping) -> None:
+        failing = False
         while not stopping.is_set():
             try:
                 await self._update()
-            except Exception as exc:  # never the end of the server
-                self._warn("update", exc)
+                failing = False
+            except Exception as exc:  # never the end of the server; said once until it recovers
+                if not failing:
+                    self._warn("update", exc)
+                failing = True
             try:
                 await asyncio.wait_for(stopping.wait(), self.cfg.update_ms / 1000)
             except asyncio.TimeoutError:
@@ -288,7 +292,10 @@ class OpcUaServer(BesideServer):
 
     async def _call(self, fn, *args) -> list[ua.Variant]:
         reply = await self._loop.run_in_executor(None, fn, *args)
-        await self._update()  # the client sees what its call did as soon as it returns
+        try:
+            await self._update()  # the client sees what its call did as soon as it returns
+        except Exception as exc:  # the call is done all the same; the loop will try again
+            self._warn("update", exc)
         message = reply.get("error") or ", ".join(f"{k} {v}" for k, v in reply.items() if k != "ok") or "done"
         return [ua.Variant(bool(reply.get("ok")), V.Boolean), ua.Variant(message, V.String)]
 
