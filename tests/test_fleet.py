@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +50,27 @@ def database(pg, request, monkeypatch):
 def _collector(url, db, cid, env):
     return subprocess.Popen([sys.executable, "-m", "qc", "collect", "--mqtt", url, "--db", db, "--group", "plant",
                              "--id", cid], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_collectors_starting_together_on_an_empty_database_all_open_it(database, pg):
+    """Each creates the tables in turn (CREATE TABLE IF NOT EXISTS from two sessions at once collides in
+    PostgreSQL's catalogue); every one starts, and the schema is there once."""
+    barrier, errors = threading.Barrier(6), []
+
+    def collector():
+        barrier.wait()
+        try:
+            open_store(database).close()
+        except QCError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=collector) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert pg.psql("SELECT count(*), max(version) FROM qc_schema", database) == f"1|{SCHEMA_VERSION}"
 
 
 def test_two_collectors_in_a_group_store_every_event_once_though_one_is_killed(pg, database, tmp_path):

@@ -268,6 +268,9 @@ class SQLiteStore(Store):
         self.db.close()
 
 
+SCHEMA_LOCK = 0x71C5C4E3A  # PostgreSQL advisory lock held while one process checks and creates the schema
+
+
 class PostgresStore(Store):
     mark = "%s"
 
@@ -287,7 +290,8 @@ class PostgresStore(Store):
         try:
             if read_only:  # qc report and qc fleet: a reader's role need not create anything
                 self._check()
-            else:
+            else:  # collectors starting together create the tables one after another, not into each other
+                self._execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 self._migrate(_tables("DOUBLE PRECISION", "BYTEA", "JSONB"), extra=self._timescale)
             self.db.commit()
         except psycopg.Error as exc:
