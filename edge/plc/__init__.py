@@ -14,7 +14,7 @@ import threading
 from edge.decision import REASONS
 from edge.errors import EdgeError
 
-__all__ = ["CHANGEOVER", "BesideServer", "LineView", "REASON_CODES", "STATES", "check_port", "unix_ms"]
+__all__ = ["CHANGEOVER", "BesideServer", "LineView", "REASON_CODES", "STATES", "check_port"]
 
 STATES = ("starting", "running", "paused", "fault")  # their index is the state's number
 REASON_CODES = tuple(REASONS)  # a reason's number is its place here: new reasons are only ever appended
@@ -166,10 +166,3 @@ def check_port(key: str, bind: str, port: int) -> None:
             sock.bind((bind, port))
     except OSError as exc:
         raise ValueError(f"{key} {port} on {bind}: {exc.strerror or exc}") from None
-
-
-def unix_ms(ts: float | None) -> tuple[int, int]:
-    """(whole seconds, milliseconds) of a wall-clock time; (0, 0) for none."""
-    if not ts:
-        return 0, 0
-    return int(ts), int((ts - int(ts)) * 1000)

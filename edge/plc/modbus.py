@@ -20,7 +20,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge.config import ModbusConfig
-from edge.plc import CHANGEOVER, REASON_CODES, STATES, BesideServer, LineView, check_port, unix_ms
+from edge.plc import CHANGEOVER, REASON_CODES, STATES, BesideServer, LineView, check_port
 
 __all__ = ["COMMANDS", "HOLDING", "INPUT", "MIRROR", "ModbusServer", "NONE"]
 
@@ -48,6 +48,13 @@ INPUT_SIZE = sum(size for _, size in INPUT.values())
 DECISIONS = {"pass": 1, "reject": 2}  # 0: none yet
 
 
+def _unix_ms(ts: float | None) -> tuple[int, int]:
+    """(whole seconds, milliseconds) of a wall-clock time; (0, 0) for none."""
+    if not ts:
+        return 0, 0
+    return int(ts), int((ts - int(ts)) * 1000)
+
+
 def _u16(value) -> int:
     return NONE if value is None else max(0, min(int(value), 0xFFFE))
 
@@ -71,7 +78,7 @@ class ModbusServer(BesideServer):
         last = v.last() or {}
         labels = self.rt.bundle.labels
         box = last.get("box") or [None] * 4
-        seconds, ms = unix_ms(last.get("ts"))
+        seconds, ms = _unix_ms(last.get("ts"))
         values = {"state": STATES.index(v.state), "recipe_index": _u16(v.recipe_index()),
                   "changeover": CHANGEOVER.index(v.changeover), "uptime_s": int(time.time() - v.rt.started),
                   **{k: counts[k] for k in ("parts", "pass", "reject")},

@@ -171,7 +171,6 @@ class OpcUaServer(BesideServer):
 
     async def _build(self, server: Server) -> None:
         ns = await server.register_namespace(NAMESPACE)
-        self.ns = ns
 
         async def obj(parent, path: str):
             return await parent.add_object(ua.NodeId(path, ns), ua.QualifiedName(path.rsplit(".", 1)[-1], ns))
@@ -186,7 +185,6 @@ class OpcUaServer(BesideServer):
                                     _REPLY)
 
         vs = await obj(server.nodes.objects, "VisionSystem")
-        self.vision_system = vs
         for name in ("Line", "Station", "Version"):
             await var(vs, f"VisionSystem.{name}", "", V.String)
         sm = await obj(vs, "VisionSystem.VisionStateMachine")
